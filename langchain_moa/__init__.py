@@ -1,0 +1,1 @@
+"""langchain-moa: Mixture-of-Agents pipelines and a multi-provider LLM router for LangChain."""

@@ -1,0 +1,154 @@
+"""Provider registry and model-name parsing.
+
+Every provider here speaks the OpenAI chat-completions protocol, so one client
+(``langchain_openai.ChatOpenAI``) reaches all of them; only the base URL and the
+environment variable holding the key differ.
+
+Model names are accepted in two spellings:
+
+* ``"provider/model"`` (muxi-llm / LiteLLM style), e.g. ``"groq/llama-3.1-8b-instant"``;
+  the model id itself may contain further slashes (``"openrouter/meta-llama/llama-3.3-70b"``).
+* ``"provider:model"`` (LangChain ``init_chat_model`` style), e.g. ``"openai:gpt-4o-mini"``.
+
+Sources: each provider's OpenAI-compatibility documentation.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_moa.errors import ConfigurationError, MissingAPIKeyError
+
+__all__ = [
+    "PROVIDERS",
+    "Provider",
+    "ModelSpec",
+    "parse_model_name",
+    "register_provider",
+]
+
+
+@dataclass(frozen=True)
+class Provider:
+    """An OpenAI-compatible provider.
+
+    Attributes:
+        name: short name used as the ``provider`` part of a model string.
+        base_url: the OpenAI-compatible API root (ending in ``/v1`` or similar).
+        api_key_env: environment variable holding the key; ``None`` when the
+            server needs no key (Ollama, a local llama.cpp or vLLM server).
+        base_url_env: optional environment variable that overrides ``base_url``
+            (e.g. ``OLLAMA_BASE_URL`` for a remote Ollama host).
+    """
+
+    name: str
+    base_url: str
+    api_key_env: str | None
+    base_url_env: str | None = None
+
+    def resolved_base_url(self) -> str:
+        if self.base_url_env and os.environ.get(self.base_url_env):
+            return os.environ[self.base_url_env]
+        return self.base_url
+
+    def api_key(self, required: bool = True) -> str | None:
+        """Return the key from the environment.
+
+        Raises:
+            MissingAPIKeyError: ``required`` is true and the variable is unset;
+                the message names the variable.
+        """
+        if self.api_key_env is None:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key and required:
+            raise MissingAPIKeyError(
+                f"provider {self.name!r} needs an API key: set the environment "
+                f"variable {self.api_key_env}",
+                env_var=self.api_key_env,
+            )
+        return key
+
+    def has_key(self) -> bool:
+        return self.api_key_env is None or bool(os.environ.get(self.api_key_env))
+
+
+PROVIDERS: dict[str, Provider] = {
+    p.name: p
+    for p in [
+        Provider("openai", "https://api.openai.com/v1", "OPENAI_API_KEY", "OPENAI_BASE_URL"),
+        Provider("anthropic", "https://api.anthropic.com/v1/", "ANTHROPIC_API_KEY"),
+        Provider("groq", "https://api.groq.com/openai/v1", "GROQ_API_KEY"),
+        Provider("together", "https://api.together.xyz/v1", "TOGETHER_API_KEY"),
+        Provider("openrouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
+        Provider("deepseek", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY"),
+        Provider("mistral", "https://api.mistral.ai/v1", "MISTRAL_API_KEY"),
+        Provider("fireworks", "https://api.fireworks.ai/inference/v1", "FIREWORKS_API_KEY"),
+        Provider("deepinfra", "https://api.deepinfra.com/v1/openai", "DEEPINFRA_API_KEY"),
+        Provider("xai", "https://api.x.ai/v1", "XAI_API_KEY"),
+        Provider("ollama", "http://127.0.0.1:11434/v1", None, "OLLAMA_BASE_URL"),
+        Provider("vllm", "http://127.0.0.1:8000/v1", None, "VLLM_BASE_URL"),
+        Provider("llamacpp", "http://127.0.0.1:8080/v1", None, "LLAMACPP_BASE_URL"),
+        Provider("lmstudio", "http://127.0.0.1:1234/v1", None, "LMSTUDIO_BASE_URL"),
+    ]
+}
+
+LOCAL_PROVIDER = "local"
+"""Provider name of the bundled GGUF models (see :mod:`langchain_moa.local`)."""
+
+
+def register_provider(
+    name: str, base_url: str, api_key_env: str | None = None, base_url_env: str | None = None
+) -> Provider:
+    """Add (or replace) an OpenAI-compatible provider, e.g. a self-hosted vLLM.
+
+    Returns the registered :class:`Provider`.
+    """
+    provider = Provider(name, base_url, api_key_env, base_url_env)
+    PROVIDERS[name] = provider
+    return provider
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model string: ``provider`` and the provider's own ``model`` id."""
+
+    provider: str
+    model: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.provider}/{self.model}"
+
+
+def parse_model_name(name: str) -> ModelSpec:
+    """Split ``"provider/model"`` or ``"provider:model"`` into a :class:`ModelSpec`.
+
+    The provider is whichever of the two separators comes first, so
+    ``"ollama:llama3.2:1b"`` is provider ``ollama``, model ``llama3.2:1b``, and
+    ``"openrouter/meta-llama/llama-3.3-70b"`` is provider ``openrouter``.
+
+    Raises:
+        ConfigurationError: the name has no provider prefix, or the provider is
+            neither registered nor ``"local"``; the message lists the known providers.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigurationError(f"model name must be a non-empty string, got {name!r}")
+    cuts = [i for i in (name.find("/"), name.find(":")) if i > 0]
+    if not cuts:
+        raise ConfigurationError(
+            f"model name {name!r} has no provider: write 'provider/model' or "
+            f"'provider:model' with provider one of {sorted([*PROVIDERS, LOCAL_PROVIDER])}"
+        )
+    cut = min(cuts)
+    provider, model = name[:cut].lower(), name[cut + 1 :]
+    if provider != LOCAL_PROVIDER and provider not in PROVIDERS:
+        raise ConfigurationError(
+            f"unknown provider {provider!r} in model name {name!r}; known providers: "
+            f"{sorted([*PROVIDERS, LOCAL_PROVIDER])} (add one with register_provider())"
+        )
+    if not model:
+        raise ConfigurationError(f"model name {name!r} has an empty model id")
+    return ModelSpec(provider, model)

@@ -19,6 +19,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from langchain_core.language_models import BaseChatModel
+
 from langchain_moa.errors import ConfigurationError, MissingAPIKeyError
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "ModelSpec",
     "parse_model_name",
     "register_provider",
+    "openai_compatible_chat_model",
 ]
 
 
@@ -152,3 +155,54 @@ def parse_model_name(name: str) -> ModelSpec:
     if not model:
         raise ConfigurationError(f"model name {name!r} has an empty model id")
     return ModelSpec(provider, model)
+
+
+def openai_compatible_chat_model(
+    provider: str | Provider,
+    model: str,
+    *,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    **kwargs: Any,
+) -> BaseChatModel:
+    """Build the LangChain chat model that talks to ``provider``'s OpenAI-compatible API.
+
+    Use this (not ``ChatOpenAI`` directly) for every OpenAI-compatible server:
+
+    * ``provider == "openai"`` gets ``ChatOpenAI``; every other provider gets
+      ``BaseChatOpenAI``, because ``ChatOpenAI`` renames ``max_tokens`` to
+      ``max_completion_tokens``, which llama.cpp, vLLM and several hosted
+      providers ignore (the reply would then run to the context limit).
+    * SDK retries are off (``max_retries=0``) so a router's failover is prompt, and
+      ``stream_usage=True`` so streamed replies carry token usage (``ChatOpenAI``
+      only turns it on by itself for OpenAI's own URL).
+
+    Args:
+        provider: a registered provider name or :class:`Provider`.
+        model: the provider's model id.
+        base_url: overrides the provider's URL (a self-hosted server).
+        api_key: overrides the key from the provider's environment variable; keyless
+            providers get a placeholder because the OpenAI SDK insists on one.
+        **kwargs: passed to the chat model (``temperature``, ``max_tokens``,
+            ``timeout`` in seconds, ...).
+
+    Raises:
+        MissingAPIKeyError: no ``api_key`` given and the provider's variable is unset.
+        ConfigurationError: ``provider`` is not registered.
+    """
+    from langchain_openai import ChatOpenAI
+    from langchain_openai.chat_models.base import BaseChatOpenAI
+
+    if isinstance(provider, str):
+        if provider not in PROVIDERS:
+            raise ConfigurationError(
+                f"unknown provider {provider!r}; known providers: {sorted(PROVIDERS)}"
+            )
+        provider = PROVIDERS[provider]
+    key = api_key or provider.api_key(required=base_url is None) or "not-needed"
+    kwargs.setdefault("max_retries", 0)
+    kwargs.setdefault("stream_usage", True)
+    cls = ChatOpenAI if provider.name == "openai" else BaseChatOpenAI
+    return cls(
+        model=model, base_url=base_url or provider.resolved_base_url(), api_key=key, **kwargs
+    )

@@ -1,0 +1,53 @@
+"""``ChatOpenAI`` clients for OpenAI-compatible servers (local or self-hosted)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_moa.errors import ConfigurationError
+
+__all__ = ["chat_model_for_base_url"]
+
+
+def chat_model_for_base_url(
+    base_url: str, model: str, api_key: str | None = None, **kwargs: Any
+) -> Any:
+    """A ``ChatOpenAI`` for any OpenAI-compatible server.
+
+    Works with llama.cpp's server, llama-cpp-python's server, vLLM, Ollama
+    (``http://127.0.0.1:11434/v1``), LM Studio, or :class:`LocalServer`.
+
+    Args:
+        base_url: the API root, usually ending in ``/v1``
+            (``http://127.0.0.1:8080/v1``).
+        model: the model id the server expects (servers holding one model usually
+            accept any id).
+        api_key: sent as a bearer token; default ``"not-needed"`` (local servers
+            ignore it, the OpenAI client insists on one).
+        **kwargs: any ``ChatOpenAI`` field (``temperature``, ``max_tokens``,
+            ``timeout`` in seconds, ...). Defaults set here, overridable:
+            ``max_retries=0`` (the router, not the SDK, retries and falls over) and
+            ``stream_usage=True`` (ChatOpenAI asks for usage in streams only for
+            OpenAI's own URL otherwise).
+
+    Raises:
+        ConfigurationError: ``base_url`` is not an ``http(s)://`` URL or ``model``
+            is empty.
+    """
+    from langchain_openai import ChatOpenAI
+
+    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+        raise ConfigurationError(
+            f"base_url must be an http:// or https:// URL such as "
+            f"'http://127.0.0.1:8080/v1', got {base_url!r}"
+        )
+    if not isinstance(model, str) or not model.strip():
+        raise ConfigurationError(f"model must be a non-empty string, got {model!r}")
+    kwargs.setdefault("max_retries", 0)
+    kwargs.setdefault("stream_usage", True)
+    return ChatOpenAI(
+        base_url=base_url.rstrip("/"),
+        model=model,
+        api_key=api_key or "not-needed",
+        **kwargs,
+    )

@@ -1,1 +1,79 @@
-"""langchain-moa: Mixture-of-Agents pipelines and a multi-provider LLM router for LangChain."""
+"""langchain-moa: Mixture-of-Agents pipelines and a multi-provider LLM router for LangChain.
+
+Every MoA step is a LangChain Runnable; join them with ``|``::
+
+    from langchain_moa import Propose, Aggregate
+
+    moa = Propose(["local/qwen2.5-coder-0.5b"] * 3) | Aggregate("local/qwen2.5-coder-0.5b")
+    moa.invoke("What is 17 * 23?").content
+"""
+
+from langchain_moa._run import pipeline, run
+from langchain_moa.client_model import ClientChatModel
+from langchain_moa.errors import (
+    AggregatorError,
+    ConfigurationError,
+    DeploymentDisabledError,
+    LayerFailedError,
+    LocalModelError,
+    MissingAPIKeyError,
+    MoAError,
+    NoDeploymentAvailableError,
+    RouterError,
+)
+from langchain_moa.history import MoAHistoryHandler, StepRecord
+from langchain_moa.providers import PROVIDERS, parse_model_name, register_provider
+from langchain_moa.steps import (
+    Aggregate,
+    Dropout,
+    Filter,
+    Map,
+    Propose,
+    Rank,
+    Refine,
+    Sample,
+    Shuffle,
+    Synthesize,
+    Take,
+    Vote,
+)
+from langchain_moa.types import CallRecord, Candidate, MoAState
+
+__all__ = [
+    # steps
+    "Propose",
+    "Synthesize",
+    "Aggregate",
+    "Refine",
+    "Rank",
+    "Vote",
+    "Shuffle",
+    "Dropout",
+    "Sample",
+    "Take",
+    "Filter",
+    "Map",
+    # running and history
+    "pipeline",
+    "run",
+    "MoAHistoryHandler",
+    "StepRecord",
+    "MoAState",
+    "Candidate",
+    "CallRecord",
+    "ClientChatModel",
+    # providers
+    "PROVIDERS",
+    "parse_model_name",
+    "register_provider",
+    # errors
+    "MoAError",
+    "ConfigurationError",
+    "MissingAPIKeyError",
+    "LayerFailedError",
+    "AggregatorError",
+    "LocalModelError",
+    "RouterError",
+    "NoDeploymentAvailableError",
+    "DeploymentDisabledError",
+]

@@ -1,0 +1,108 @@
+"""The history of an MoA run, collected through LangChain callbacks.
+
+Every step dispatches a ``"moa_step"`` custom event when it ends (also when it
+fails) and a ``"moa_call"`` event after each model call; both are visible in
+``astream_events`` as ``on_custom_event`` for live progress.
+:class:`MoAHistoryHandler` collects the step events::
+
+    history = MoAHistoryHandler()
+    answer = pipeline.invoke("question", config={"callbacks": [history]})
+    history.steps[0].calls[0].latency_s
+    history.to_json()
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages.ai import UsageMetadata
+from pydantic import BaseModel, Field
+
+from langchain_moa.steps._base import CALL_EVENT, STEP_EVENT
+from langchain_moa.types import CallRecord, sum_usage
+
+__all__ = ["MoAHistoryHandler", "StepRecord", "STEP_EVENT", "CALL_EVENT"]
+
+
+class StepRecord(BaseModel):
+    """What one step did.
+
+    Attributes:
+        step: the step's name (``"Propose"``, ``"Shuffle"``, ...).
+        params: the step's parameters (agents by name, temperature, n, seed, ...).
+        layer: the MoA layer the step produced or judged.
+        inputs: candidate texts the step received.
+        outputs: candidate texts it passed on (the final text for Aggregate / Vote).
+        calls: its model calls, failed ones included, in issue order.
+        time_s: the step's wall time in seconds.
+        error: ``"ExceptionType: message"`` when the step raised, else ``None``.
+        run_id: the LangChain run id of the step.
+    """
+
+    step: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    layer: int = 0
+    inputs: list[str] = Field(default_factory=list)
+    outputs: list[str] = Field(default_factory=list)
+    calls: list[CallRecord] = Field(default_factory=list)
+    time_s: float = 0.0
+    error: str | None = None
+    run_id: str | None = None
+
+
+class MoAHistoryHandler(BaseCallbackHandler):
+    """Callback handler that records each MoA step of the runs it is attached to.
+
+    Attach it through ``config={"callbacks": [handler]}``; one handler per run keeps
+    runs apart (with ``batch``, the steps of all inputs interleave, each carrying
+    its own ``run_id``).
+
+    Attributes:
+        steps: the :class:`StepRecord` of every finished step, in finishing order.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps: list[StepRecord] = []
+
+    def on_custom_event(
+        self,
+        name: str,
+        data: Any,
+        *,
+        run_id: UUID,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if name == STEP_EVENT:
+            self.steps.append(StepRecord(**data, run_id=str(run_id)))
+
+    @property
+    def calls(self) -> list[CallRecord]:
+        """Every model call of the recorded steps, in order."""
+        return [call for step in self.steps for call in step.calls]
+
+    def usage(self) -> UsageMetadata:
+        """Tokens summed over every recorded call."""
+        return sum_usage(self.calls)
+
+    def cost_usd(self) -> float | None:
+        """USD summed over the priced calls; ``None`` when no call had a price."""
+        costs = [c.cost_usd for c in self.calls if c.cost_usd is not None]
+        return sum(costs) if costs else None
+
+    def to_list(self) -> list[dict[str, Any]]:
+        """The steps as plain dicts (JSON-ready)."""
+        return [step.model_dump() for step in self.steps]
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The steps as a JSON array of objects (one per step, calls nested)."""
+        return json.dumps(self.to_list(), indent=indent, ensure_ascii=False)
+
+    def clear(self) -> None:
+        """Forget the recorded steps."""
+        self.steps.clear()

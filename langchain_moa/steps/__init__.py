@@ -1,0 +1,21 @@
+"""The twelve MoA steps (names from mixture-llm); see each class for details."""
+
+from langchain_moa.steps._aggregate import Aggregate
+from langchain_moa.steps._judges import Rank, Vote
+from langchain_moa.steps._layers import Propose, Refine, Synthesize
+from langchain_moa.steps._transforms import Dropout, Filter, Map, Sample, Shuffle, Take
+
+__all__ = [
+    "Propose",
+    "Synthesize",
+    "Aggregate",
+    "Refine",
+    "Rank",
+    "Vote",
+    "Shuffle",
+    "Dropout",
+    "Sample",
+    "Take",
+    "Filter",
+    "Map",
+]

@@ -1,0 +1,286 @@
+"""Aggregate: one agent merges all candidates into the final answer (MoA's last layer)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from langchain_core.callbacks import dispatch_custom_event
+from langchain_core.callbacks.manager import adispatch_custom_event
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import patch_config
+
+from langchain_moa._agents import Agent, make_agents
+from langchain_moa._prompts import AGGREGATE_PROMPT, reference_messages
+from langchain_moa.errors import AggregatorError, ConfigurationError
+from langchain_moa.steps._base import (
+    CALL_EVENT,
+    STEP_EVENT,
+    Job,
+    LLMStep,
+    Result,
+    _StepReport,
+    to_state,
+)
+from langchain_moa.steps._layers import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
+from langchain_moa.types import CallRecord, MoAState, sum_usage
+
+
+def single_agent(agent: Any, client: Callable[..., Any] | None) -> Agent:
+    """Wrap the one agent of a final step; a list is a mistake worth naming."""
+    if isinstance(agent, (list, tuple)):
+        raise ConfigurationError(
+            f"agent must be a single agent, got a list of {len(agent)}; "
+            f"use Propose/Synthesize for several agents"
+        )
+    return make_agents([agent], client, parameter="agent")[0]
+
+
+def final_message(
+    text: str, calls: list[CallRecord], layer: int, record: CallRecord, chosen: int | None = None
+) -> AIMessage:
+    """The ``AIMessage`` a pipeline ends with.
+
+    ``usage_metadata`` sums every call of the run (so ``prompt | pipeline`` reports
+    the whole mixture's tokens); ``response_metadata["model_name"]`` is the final
+    agent's model and ``response_metadata["moa"]`` summarises the run.
+    """
+    costs = [c.cost_usd for c in calls if c.cost_usd is not None]
+    summary = {
+        "layers": layer,
+        "calls": len(calls),
+        "failed_calls": sum(1 for c in calls if not c.ok),
+        "cost_usd": sum(costs) if costs else None,
+    }
+    if chosen is not None:
+        summary["chosen"] = chosen
+    return AIMessage(
+        content=text,
+        usage_metadata=sum_usage(calls),
+        response_metadata={"model_name": record.response_model or record.model, "moa": summary},
+    )
+
+
+class Aggregate(LLMStep):
+    """One agent merges all current candidates into the final answer.
+
+    The agent sees the conversation with the aggregate-and-synthesize prompt
+    (Wang et al. 2024, Table 1) and the numbered candidates in a system message
+    placed before the user's turns (appended to an existing system message).
+
+    Args:
+        agent: the aggregator (model string, chat model, Runnable or client function).
+        temperature: sampling temperature (alias ``temp``); default 0.7.
+        max_tokens: output budget in tokens; default 2048 — the aggregator often needs
+            more room than the references, so presets set it separately.
+        prompt: replaces the instruction; the numbered responses are still appended.
+            Never formatted, so literal braces are safe.
+        client, prices: as for :class:`Propose`.
+
+    Input: an :class:`MoAState` with at least one candidate.
+    Output: an ``AIMessage`` whose ``usage_metadata`` sums every call of the run.
+    ``stream``/``astream`` yield the aggregator's tokens as ``AIMessageChunk``s; the
+    last chunk carries the earlier calls' usage so the summed stream equals ``invoke``.
+
+    Raises:
+        AggregatorError: no candidates, or the aggregator's call failed or came back
+            empty. A proposer's answer is never returned in its place.
+    """
+
+    def __init__(
+        self,
+        agent: Any,
+        *,
+        temperature: float | None = DEFAULT_TEMPERATURE,
+        max_tokens: int | None = DEFAULT_MAX_TOKENS,
+        temp: float | None = None,
+        prompt: str | None = None,
+        client: Callable[..., Any] | None = None,
+        prices: dict[str, tuple[float, float]] | None = None,
+    ) -> None:
+        super().__init__(
+            temperature=temperature,
+            max_tokens=max_tokens,
+            temp=temp,
+            max_concurrency=None,
+            prices=prices,
+        )
+        if prompt is not None and not isinstance(prompt, str):
+            raise ConfigurationError(f"prompt must be a string, got {type(prompt).__name__}")
+        self.agent = single_agent(agent, client)
+        self.prompt = prompt
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"agent": self.agent.name, **super().params}
+
+    @property
+    def OutputType(self) -> Any:  # noqa: N802
+        return AIMessage
+
+    def _job(self, state: MoAState, config: RunnableConfig) -> Job:
+        if not state.candidates:
+            raise AggregatorError(type(self).__name__, self.agent.name, "no candidates to aggregate")
+        messages = reference_messages(state.messages, self.prompt or AGGREGATE_PROMPT, state.texts)
+        return self.job(self.agent, 0, messages, state.layer + 1, config)
+
+    def _message(self, report: _StepReport, result: Result) -> AIMessage:
+        if not result.ok:
+            raise AggregatorError(type(self).__name__, self.agent.name, result.record.error)
+        calls = [*report.state.calls, *report.calls]
+        return final_message(result.record.output or "", calls, result.job.layer, result.record)
+
+    def _run(self, report: _StepReport, config: RunnableConfig) -> AIMessage:
+        [result] = self.run_jobs([self._job(report.state, config)], report, config)
+        return self._message(report, result)
+
+    async def _arun(self, report: _StepReport, config: RunnableConfig) -> AIMessage:
+        [result] = await self.arun_jobs([self._job(report.state, config)], report, config)
+        return self._message(report, result)
+
+    # -- streaming: the aggregator's tokens as they come ------------------------
+
+    def stream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[AIMessageChunk]:
+        yield from self.transform(iter([input]), config, **kwargs)
+
+    async def astream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[AIMessageChunk]:
+        async def one() -> AsyncIterator[Any]:
+            yield input
+
+        async for chunk in self.atransform(one(), config, **kwargs):
+            yield chunk
+
+    def transform(
+        self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[AIMessageChunk]:
+        yield from self._transform_stream_with_config(
+            input, self._stream_tokens, config, run_type="chain"
+        )
+
+    async def atransform(
+        self, input: AsyncIterator[Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[AIMessageChunk]:
+        async for chunk in self._atransform_stream_with_config(
+            input, self._astream_tokens, config, run_type="chain"
+        ):
+            yield chunk
+
+    def _stream_tokens(
+        self, inputs: Iterator[Any], run_manager: Any, config: RunnableConfig
+    ) -> Iterator[AIMessageChunk]:
+        step_config = patch_config(config, callbacks=run_manager.get_child())
+        stream = _TokenStream(self, _StepReport(self, to_state(_last(inputs))))
+        try:
+            job = stream.start(step_config)
+            for chunk in job.runnable.stream(job.messages, self.call_config(job, step_config)):
+                yield stream.add(chunk)
+            final = stream.finish()
+        except Exception as exc:
+            error = stream.fail(exc)
+            for name, data in stream.events(error):
+                dispatch_custom_event(name, data, config=step_config)
+            raise error from exc
+        for name, data in stream.events(None):
+            dispatch_custom_event(name, data, config=step_config)
+        yield final
+
+    async def _astream_tokens(
+        self, inputs: AsyncIterator[Any], run_manager: Any, config: RunnableConfig
+    ) -> AsyncIterator[AIMessageChunk]:
+        step_config = patch_config(config, callbacks=run_manager.get_child())
+        last = None
+        async for last in inputs:  # noqa: B007 - the upstream step yields its final state last
+            pass
+        stream = _TokenStream(self, _StepReport(self, to_state(last)))
+        try:
+            job = stream.start(step_config)
+            async for chunk in job.runnable.astream(job.messages, self.call_config(job, step_config)):
+                yield stream.add(chunk)
+            final = stream.finish()
+        except Exception as exc:
+            error = stream.fail(exc)
+            for name, data in stream.events(error):
+                await adispatch_custom_event(name, data, config=step_config)
+            raise error from exc
+        for name, data in stream.events(None):
+            await adispatch_custom_event(name, data, config=step_config)
+        yield final
+
+
+class _TokenStream:
+    """Accumulates the aggregator's streamed chunks into one call record."""
+
+    def __init__(self, step: Aggregate, report: _StepReport) -> None:
+        self.step = step
+        self.report = report
+        self.total: AIMessageChunk | None = None
+        self.started = time.perf_counter()
+        self.job: Job | None = None
+        self.message: AIMessage | None = None
+
+    def start(self, config: RunnableConfig) -> Job:
+        self.job = self.step._job(self.report.state, config)
+        self.started = time.perf_counter()
+        return self.job
+
+    def add(self, chunk: Any) -> AIMessageChunk:
+        if not isinstance(chunk, AIMessageChunk):
+            chunk = _as_chunk(chunk)
+        self.total = chunk if self.total is None else self.total + chunk
+        return chunk
+
+    def _record(self, error: BaseException | None) -> CallRecord:
+        assert self.job is not None
+        record = self.step.make_record(self.job, self.total, self.started, error)
+        self.report.calls.append(record)
+        return record
+
+    def finish(self) -> AIMessageChunk:
+        """Record the call; return the closing chunk with the earlier calls' usage."""
+        record = self._record(None)
+        if not record.ok:
+            raise AggregatorError(type(self.step).__name__, self.step.agent.name, record.error)
+        calls = [*self.report.state.calls, record]
+        assert self.job is not None
+        self.message = final_message(record.output or "", calls, self.job.layer, record)
+        return AIMessageChunk(
+            content="",
+            usage_metadata=sum_usage(self.report.state.calls),
+            response_metadata={"moa": self.message.response_metadata["moa"]},
+        )
+
+    def fail(self, exc: Exception) -> AggregatorError:
+        """Record a call that raised mid-stream; return the error to raise."""
+        if isinstance(exc, AggregatorError):
+            return exc
+        if self.job is not None:
+            self._record(exc)
+        return AggregatorError(type(self.step).__name__, self.step.agent.name, exc)
+
+    def events(self, error: BaseException | None) -> list[tuple[str, dict[str, Any]]]:
+        """The custom events to dispatch: the call (if made) and the step."""
+        calls = [(CALL_EVENT, c.model_dump()) for c in self.report.calls]
+        return [*calls, (STEP_EVENT, self.report.record(self.message, error=error))]
+
+
+def _as_chunk(value: Any) -> AIMessageChunk:
+    if isinstance(value, BaseMessage):
+        return AIMessageChunk(
+            content=value.content,
+            usage_metadata=getattr(value, "usage_metadata", None),
+            response_metadata=value.response_metadata,
+        )
+    return AIMessageChunk(content=str(value))
+
+
+def _last(values: Iterator[Any]) -> Any:
+    last = None
+    for last in values:  # noqa: B007 - the upstream step yields its final state last
+        pass
+    return last

@@ -1,0 +1,387 @@
+"""What every MoA step shares: input coercion, tracing, history events, and the
+parallel execution of model calls (threads for sync, a semaphore for async)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABCMeta
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.callbacks import dispatch_custom_event
+from langchain_core.callbacks.manager import adispatch_custom_event
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    convert_to_messages,
+    convert_to_openai_messages,
+)
+from langchain_core.prompt_values import PromptValue
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import ContextThreadPoolExecutor, patch_config
+
+from langchain_moa import pricing
+from langchain_moa._agents import Agent
+from langchain_moa.errors import ConfigurationError
+from langchain_moa.types import CallRecord, MoAState
+
+STEP_EVENT = "moa_step"
+"""Custom event dispatched when a step ends (data: a :class:`StepRecord`-shaped dict)."""
+CALL_EVENT = "moa_call"
+"""Custom event dispatched after each model call (data: a :class:`CallRecord` dict)."""
+
+
+def to_state(value: Any) -> MoAState:
+    """Coerce a pipeline input into a :class:`MoAState`.
+
+    Accepts a state, anything a chat model accepts (``str``, a ``PromptValue``, a
+    message or a list of messages / message-like tuples and dicts), or a LangGraph
+    style ``{"messages": [...]}`` dict.
+
+    Raises:
+        TypeError: for anything else.
+    """
+    if isinstance(value, MoAState):
+        return value
+    if isinstance(value, str):
+        return MoAState(messages=[HumanMessage(content=value)])
+    if isinstance(value, PromptValue):
+        return MoAState(messages=value.to_messages())
+    if isinstance(value, BaseMessage):
+        return MoAState(messages=[value])
+    if isinstance(value, dict) and "messages" in value:
+        return MoAState(messages=convert_to_messages(value["messages"]))
+    if isinstance(value, Sequence):
+        return MoAState(messages=convert_to_messages(value))
+    raise TypeError(
+        f"an MoA pipeline takes a str, a PromptValue, messages or an MoAState, got "
+        f"{type(value).__name__}"
+    )
+
+
+class _StepMeta(ABCMeta):
+    """Catches a step *class* used where an instance belongs.
+
+    ``seq | Shuffle`` (no parentheses) makes LangChain wrap the class in a
+    RunnableLambda, which later calls ``Shuffle(state)``; that call lands here.
+    """
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if args and isinstance(args[0], MoAState):
+            raise ConfigurationError(
+                f"{cls.__name__} was put in a pipeline as a class; use an instance, "
+                f"e.g. {cls.__name__}(...)"
+            )
+        return super().__call__(*args, **kwargs)
+
+
+def check_pipeline_part(other: Any) -> None:
+    """Raise if ``other`` is a step class instead of an instance."""
+    if isinstance(other, type):
+        raise ConfigurationError(
+            f"{other.__name__} is a class; put an instance in the pipeline, "
+            f"e.g. {other.__name__}(...)"
+        )
+
+
+class Step(Runnable[Any, Any], metaclass=_StepMeta):
+    """Base class of the MoA steps: a Runnable from an :class:`MoAState` (or chat
+    input) to a new :class:`MoAState` (``Aggregate`` and ``Vote``: an ``AIMessage``).
+
+    Each invocation is one chain run named after the step; it dispatches a
+    ``"moa_step"`` custom event with the step's record when it ends (also when it
+    fails), which :class:`langchain_moa.MoAHistoryHandler` collects.
+    """
+
+    def __or__(self, other: Any) -> Any:
+        check_pipeline_part(other)
+        return super().__or__(other)
+
+    def __ror__(self, other: Any) -> Any:
+        check_pipeline_part(other)
+        return super().__ror__(other)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The step's parameters, as recorded in the history."""
+        return {}
+
+    @property
+    def InputType(self) -> Any:  # noqa: N802 - LangChain's name
+        return Any
+
+    @property
+    def OutputType(self) -> Any:  # noqa: N802 - LangChain's name
+        return MoAState
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+    # -- running: subclasses implement _run (sync) and _arun (async) ---------
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return self._call_with_config(self._traced_run, input, config, run_type="chain")
+
+    async def ainvoke(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Any:
+        return await self._acall_with_config(self._traced_arun, input, config, run_type="chain")
+
+    def _traced_run(self, input: Any, run_manager: Any, config: RunnableConfig) -> Any:
+        step_config = patch_config(config, callbacks=run_manager.get_child())
+        report = _StepReport(self, to_state(input))
+        try:
+            out = self._run(report, step_config)
+        except BaseException as exc:
+            dispatch_custom_event(STEP_EVENT, report.record(error=exc), config=step_config)
+            raise
+        dispatch_custom_event(STEP_EVENT, report.record(out), config=step_config)
+        return out
+
+    async def _traced_arun(self, input: Any, run_manager: Any, config: RunnableConfig) -> Any:
+        step_config = patch_config(config, callbacks=run_manager.get_child())
+        report = _StepReport(self, to_state(input))
+        try:
+            out = await self._arun(report, step_config)
+        except BaseException as exc:
+            await adispatch_custom_event(STEP_EVENT, report.record(error=exc), config=step_config)
+            raise
+        await adispatch_custom_event(STEP_EVENT, report.record(out), config=step_config)
+        return out
+
+    def _run(self, report: _StepReport, config: RunnableConfig) -> Any:
+        raise NotImplementedError
+
+    async def _arun(self, report: _StepReport, config: RunnableConfig) -> Any:
+        return self._run(report, config)
+
+
+@dataclass
+class _StepReport:
+    """The state a step started from, the calls it made, and its timing."""
+
+    step: Step
+    state: MoAState
+    calls: list[CallRecord] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    def record(self, out: Any = None, error: BaseException | None = None) -> dict[str, Any]:
+        if isinstance(out, MoAState):
+            outputs = out.texts
+        elif isinstance(out, AIMessage):
+            outputs = [out.text]
+        else:
+            outputs = []
+        return {
+            "step": type(self.step).__name__,
+            "params": self.step.params,
+            "layer": out.layer if isinstance(out, MoAState) else self.state.layer + 1,
+            "inputs": self.state.texts,
+            "outputs": outputs,
+            "calls": [c.model_dump() for c in self.calls],
+            "time_s": time.perf_counter() - self.started,
+            "error": None if error is None else _describe(error),
+        }
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+# -- model calls --------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One model call a step wants made."""
+
+    agent: Agent
+    agent_index: int
+    messages: list[BaseMessage]
+    runnable: Runnable
+    layer: int
+    fallback: Runnable | None = None
+    """Tried once (and recorded as its own call) when ``runnable`` raises."""
+
+
+@dataclass
+class Result:
+    """A finished :class:`Job`: its call record(s) and the reply, if any."""
+
+    job: Job
+    record: CallRecord
+    output: Any = None
+    extra_records: list[CallRecord] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.record.ok
+
+
+class LLMStep(Step):
+    """A step that calls agents. Holds the shared sampling parameters."""
+
+    def __init__(
+        self,
+        *,
+        temperature: float | None,
+        max_tokens: int | None,
+        max_concurrency: int | None,
+        prices: dict[str, tuple[float, float]] | None,
+        temp: float | None = None,
+    ) -> None:
+        if temp is not None:
+            if temperature is not None and temperature != temp:
+                raise ConfigurationError("give temperature or temp (its alias), not both")
+            temperature = temp
+        if temperature is not None and not 0 <= temperature <= 2:
+            raise ConfigurationError(f"temperature must be in [0, 2], got {temperature!r}")
+        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+            raise ConfigurationError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
+        if max_concurrency is not None and (
+            not isinstance(max_concurrency, int) or max_concurrency < 1
+        ):
+            raise ConfigurationError(
+                f"max_concurrency must be an int >= 1 or None, got {max_concurrency!r}"
+            )
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.max_concurrency = max_concurrency
+        self.prices = prices
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens}
+
+    def job(
+        self,
+        agent: Agent,
+        agent_index: int,
+        messages: list[BaseMessage],
+        layer: int,
+        config: RunnableConfig,
+    ) -> Job:
+        runnable = agent.bound(config, self.temperature, self.max_tokens)
+        return Job(agent, agent_index, messages, runnable, layer)
+
+    def call_config(self, job: Job, config: RunnableConfig) -> RunnableConfig:
+        """Config of one call: named after the agent, tagged with step, layer and index."""
+        step = type(self).__name__
+        tags = [f"moa:step:{step}", f"moa:layer:{job.layer}", f"moa:agent:{job.agent_index}"]
+        metadata = {"moa_step": step, "moa_layer": job.layer, "moa_agent_index": job.agent_index}
+        child = patch_config(config, run_name=f"{step}[{job.agent_index}] {job.agent.name}")
+        child["tags"] = [*child.get("tags", []), *tags]
+        child["metadata"] = {**child.get("metadata", {}), **metadata}
+        return child
+
+    def make_record(
+        self, job: Job, reply: Any, started: float, error: BaseException | None
+    ) -> CallRecord:
+        """A :class:`CallRecord` for a finished call; empty replies count as errors."""
+        message = reply.get("raw") if isinstance(reply, dict) else reply
+        text = message.text if isinstance(message, BaseMessage) else None
+        usage = getattr(message, "usage_metadata", None) or {}
+        response_model = (getattr(message, "response_metadata", None) or {}).get("model_name")
+        if error is None and message is None:
+            error_text = "no reply"
+        elif error is None and not (text or "").strip() and not _has_tool_calls(message):
+            error_text = "EmptyResponseError: the model returned an empty reply"
+        else:
+            error_text = None if error is None else _describe(error)
+        input_tokens = int(usage.get("input_tokens", 0) or 0)
+        output_tokens = int(usage.get("output_tokens", 0) or 0)
+        return CallRecord(
+            step=type(self).__name__,
+            layer=job.layer,
+            agent_index=job.agent_index,
+            model=job.agent.name,
+            response_model=response_model,
+            messages=convert_to_openai_messages(job.messages),
+            output=text if error is None else None,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            latency_s=time.perf_counter() - started,
+            cost_usd=pricing.cost_usd(
+                response_model or job.agent.name, input_tokens, output_tokens, self.prices
+            )
+            if error is None
+            else None,
+            error=error_text,
+        )
+
+    # -- executing jobs --------------------------------------------------------
+
+    def _call(self, job: Job, runnable: Runnable, config: RunnableConfig) -> Result:
+        started = time.perf_counter()
+        try:
+            reply = runnable.invoke(job.messages, self.call_config(job, config))
+        except Exception as exc:  # recorded, then judged by the step's quorum rule
+            return Result(job, self.make_record(job, None, started, exc))
+        return Result(job, self.make_record(job, reply, started, None), reply)
+
+    async def _acall(self, job: Job, runnable: Runnable, config: RunnableConfig) -> Result:
+        started = time.perf_counter()
+        try:
+            reply = await runnable.ainvoke(job.messages, self.call_config(job, config))
+        except Exception as exc:
+            return Result(job, self.make_record(job, None, started, exc))
+        return Result(job, self.make_record(job, reply, started, None), reply)
+
+    def run_jobs(self, jobs: list[Job], report: _StepReport, config: RunnableConfig) -> list[Result]:
+        """Run ``jobs`` in parallel threads (at most ``max_concurrency`` at once).
+
+        Results come back in job order, whatever order the calls finish in.
+        """
+
+        def one(job: Job) -> Result:
+            result = self._call(job, job.runnable, config)
+            if not result.ok and job.fallback is not None:
+                retry = self._call(job, job.fallback, config)
+                retry.extra_records = [result.record]
+                result = retry
+            for record in (*result.extra_records, result.record):
+                dispatch_custom_event(CALL_EVENT, record.model_dump(), config=config)
+            return result
+
+        workers = min(len(jobs), self.max_concurrency or len(jobs)) or 1
+        with ContextThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(one, jobs))
+        report.calls.extend(r for res in results for r in (*res.extra_records, res.record))
+        return results
+
+    async def arun_jobs(
+        self, jobs: list[Job], report: _StepReport, config: RunnableConfig
+    ) -> list[Result]:
+        """Async :meth:`run_jobs`: ``asyncio.gather`` bounded by a semaphore
+        (``RunnableParallel.ainvoke`` would ignore ``max_concurrency``)."""
+        limit = asyncio.Semaphore(self.max_concurrency or max(len(jobs), 1))
+
+        async def one(job: Job) -> Result:
+            async with limit:
+                result = await self._acall(job, job.runnable, config)
+                if not result.ok and job.fallback is not None:
+                    retry = await self._acall(job, job.fallback, config)
+                    retry.extra_records = [result.record]
+                    result = retry
+            for record in (*result.extra_records, result.record):
+                await adispatch_custom_event(CALL_EVENT, record.model_dump(), config=config)
+            return result
+
+        results = list(await asyncio.gather(*(one(j) for j in jobs)))
+        report.calls.extend(r for res in results for r in (*res.extra_records, res.record))
+        return results
+
+
+def _has_tool_calls(message: Any) -> bool:
+    return bool(getattr(message, "tool_calls", None))
+
+
+def validate_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    """Return ``value`` or raise a :class:`ConfigurationError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value

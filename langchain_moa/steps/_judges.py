@@ -1,0 +1,298 @@
+"""Rank and Vote: one judge agent reads all candidates and answers in structured form.
+
+The judgement is requested with ``with_structured_output`` when the agent supports
+it, and always also described as a JSON object in the prompt. When native
+structured output is unavailable or its call fails, the judge is asked once more in
+plain JSON mode (both calls are recorded). The reply is validated with pydantic;
+digits are never scraped out of prose, and an invalid judgement raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
+from langchain_core.output_parsers import JsonOutputParser
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
+from pydantic import BaseModel, Field, ValidationError
+
+from langchain_moa._prompts import (
+    JSON_RANK_INSTRUCTION,
+    JSON_VOTE_INSTRUCTION,
+    RANK_PROMPT,
+    VOTE_PROMPT,
+    judge_messages,
+)
+from langchain_moa.errors import AggregatorError, ConfigurationError
+from langchain_moa.steps._aggregate import final_message, single_agent
+from langchain_moa.steps._base import Job, LLMStep, Result, _StepReport, validate_positive_int
+from langchain_moa.types import MoAState
+
+Structured = Literal["auto", "native", "json"]
+
+
+class RankingJudgement(BaseModel):
+    """A judge's ranking of the candidates."""
+
+    ranking: list[int] = Field(description="response numbers (1-based), best first, each once")
+
+
+class VoteJudgement(BaseModel):
+    """A judge's choice of the consensus candidate."""
+
+    choice: int = Field(description="the number (1-based) of the consensus response")
+
+
+class _Judge(LLMStep):
+    schema: type[BaseModel]
+    instruction: str
+    json_hint: str
+
+    def __init__(
+        self,
+        agent: Any,
+        *,
+        temperature: float | None,
+        max_tokens: int | None,
+        temp: float | None,
+        prompt: str | None,
+        structured: Structured,
+        client: Callable[..., Any] | None,
+        prices: dict[str, tuple[float, float]] | None,
+    ) -> None:
+        super().__init__(
+            temperature=temperature,
+            max_tokens=max_tokens,
+            temp=temp,
+            max_concurrency=None,
+            prices=prices,
+        )
+        if structured not in ("auto", "native", "json"):
+            raise ConfigurationError(
+                f"structured must be 'auto', 'native' or 'json', got {structured!r}"
+            )
+        if prompt is not None and not isinstance(prompt, str):
+            raise ConfigurationError(f"prompt must be a string, got {type(prompt).__name__}")
+        self.agent = single_agent(agent, client)
+        self.prompt = prompt
+        self.structured = structured
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"agent": self.agent.name, **super().params, "structured": self.structured}
+
+    def _judge_job(self, state: MoAState, config: RunnableConfig) -> Job:
+        if not state.candidates:
+            raise AggregatorError(type(self).__name__, self.agent.name, "no candidates to judge")
+        messages = judge_messages(
+            state.messages, self.prompt or self.instruction, state.texts, self.json_hint
+        )
+        plain = self.agent.bound(config, self.temperature, self.max_tokens)
+        native = self._native(config) if self.structured != "json" else None
+        if native is None:
+            if self.structured == "native":
+                raise AggregatorError(
+                    type(self).__name__,
+                    self.agent.name,
+                    "structured='native' but the agent has no with_structured_output",
+                )
+            return Job(self.agent, 0, messages, plain, state.layer)
+        fallback = plain if self.structured == "auto" else None
+        return Job(self.agent, 0, messages, native, state.layer, fallback=fallback)
+
+    def _native(self, config: RunnableConfig) -> Runnable | None:
+        model: Any = self.agent.runnable(config)
+        while isinstance(model, RunnableBinding):
+            model = model.bound
+        if not isinstance(model, BaseChatModel):
+            return None
+        updates = {
+            k: v
+            for k, v in (("temperature", self.temperature), ("max_tokens", self.max_tokens))
+            if v is not None and k in type(model).model_fields
+        }
+        try:
+            return model.model_copy(update=updates).with_structured_output(
+                self.schema, include_raw=True
+            )
+        except NotImplementedError:
+            return None
+
+    def parse(self, result: Result) -> Any:
+        """The validated judgement of a finished call.
+
+        Raises:
+            AggregatorError: the call failed, or its reply is not a valid judgement.
+        """
+        name = type(self).__name__
+        if not result.ok:
+            raise AggregatorError(name, self.agent.name, result.record.error)
+        reply = result.output
+        if isinstance(reply, dict):
+            if reply.get("parsed") is not None:
+                parsed = reply["parsed"]
+                return parsed if isinstance(parsed, self.schema) else self.schema(**parsed)
+            reply = reply.get("raw")
+        text = reply.text if isinstance(reply, BaseMessage) else str(reply)
+        try:
+            return self.schema.model_validate(JsonOutputParser().parse(text))
+        except (ValueError, ValidationError, TypeError) as exc:
+            raise AggregatorError(
+                name, self.agent.name, f"the judge's reply is not a valid {self.schema.__name__}: "
+                f"{text[:200]!r} ({exc})"
+            ) from exc
+
+    def _run(self, report: _StepReport, config: RunnableConfig) -> Any:
+        [result] = self.run_jobs([self._judge_job(report.state, config)], report, config)
+        return self._apply(report, self.parse(result), result)
+
+    async def _arun(self, report: _StepReport, config: RunnableConfig) -> Any:
+        [result] = await self.arun_jobs([self._judge_job(report.state, config)], report, config)
+        return self._apply(report, self.parse(result), result)
+
+    def _apply(self, report: _StepReport, judgement: Any, result: Result) -> Any:
+        raise NotImplementedError
+
+
+class Rank(_Judge):
+    """Keep the ``n`` best candidates, as ranked by one judge agent.
+
+    Args:
+        agent: the judge (model string, chat model, Runnable or client function).
+        n: how many candidates to keep (>= 1).
+        temperature: default 0 (a judgement, not a creative task); alias ``temp``.
+        max_tokens: output budget of the judgement; default 512.
+        prompt: replaces the ranking instruction (the JSON format hint stays).
+        structured: ``"auto"`` (native structured output, then JSON mode if that
+            fails), ``"native"`` or ``"json"``.
+        client, prices: as for :class:`Propose`.
+
+    Output: an :class:`MoAState` with the top ``n`` candidates, best first (all of
+    them, reordered, if there are no more than ``n``). The judge's call is recorded.
+
+    Raises:
+        ConfigurationError: ``n`` < 1 or a bad parameter, at construction.
+        AggregatorError: the judge failed, or its ranking is invalid (numbers out of
+            range, or fewer than ``min(n, candidates)`` distinct valid numbers).
+    """
+
+    schema = RankingJudgement
+    instruction = RANK_PROMPT
+    json_hint = JSON_RANK_INSTRUCTION
+
+    def __init__(
+        self,
+        agent: Any,
+        n: int,
+        *,
+        temperature: float | None = 0.0,
+        max_tokens: int | None = 512,
+        temp: float | None = None,
+        prompt: str | None = None,
+        structured: Structured = "auto",
+        client: Callable[..., Any] | None = None,
+        prices: dict[str, tuple[float, float]] | None = None,
+    ) -> None:
+        self.n = validate_positive_int(n, "n")
+        super().__init__(
+            agent,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            temp=temp,
+            prompt=prompt,
+            structured=structured,
+            client=client,
+            prices=prices,
+        )
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {**super().params, "n": self.n}
+
+    def _apply(self, report: _StepReport, judgement: RankingJudgement, result: Result) -> MoAState:
+        state = report.state
+        count = len(state.candidates)
+        order: list[int] = []
+        for number in judgement.ranking:
+            if not 1 <= number <= count:
+                raise AggregatorError(
+                    "Rank", self.agent.name, f"ranking {judgement.ranking} names response "
+                    f"{number}, but there are only {count}"
+                )
+            if number - 1 not in order:
+                order.append(number - 1)
+        keep = min(self.n, count)
+        if len(order) < keep:
+            raise AggregatorError(
+                "Rank", self.agent.name, f"ranking {judgement.ranking} ranks {len(order)} "
+                f"response(s); {keep} needed"
+            )
+        candidates = [state.candidates[i] for i in order[:keep]]
+        return state.model_copy(
+            update={"candidates": candidates, "calls": [*state.calls, *report.calls]}
+        )
+
+
+class Vote(_Judge):
+    """Pick the consensus answer among the candidates (universal self-consistency,
+    Chen et al. 2023, arXiv 2311.17311).
+
+    The judge names the most consistent candidate; the pipeline ends with that
+    candidate's text, verbatim. Arguments as for :class:`Rank` (without ``n``).
+
+    Output: an ``AIMessage`` with the chosen candidate's text, ``usage_metadata``
+    summing every call of the run and ``response_metadata["moa"]["chosen"]`` the
+    chosen candidate's index (0-based).
+
+    Raises:
+        AggregatorError: the judge failed or named no valid candidate; no candidate
+            is returned in its place.
+    """
+
+    schema = VoteJudgement
+    instruction = VOTE_PROMPT
+    json_hint = JSON_VOTE_INSTRUCTION
+
+    def __init__(
+        self,
+        agent: Any,
+        *,
+        temperature: float | None = 0.0,
+        max_tokens: int | None = 512,
+        temp: float | None = None,
+        prompt: str | None = None,
+        structured: Structured = "auto",
+        client: Callable[..., Any] | None = None,
+        prices: dict[str, tuple[float, float]] | None = None,
+    ) -> None:
+        super().__init__(
+            agent,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            temp=temp,
+            prompt=prompt,
+            structured=structured,
+            client=client,
+            prices=prices,
+        )
+
+    @property
+    def OutputType(self) -> Any:  # noqa: N802
+        from langchain_core.messages import AIMessage
+
+        return AIMessage
+
+    def _apply(self, report: _StepReport, judgement: VoteJudgement, result: Result) -> Any:
+        state = report.state
+        if not 1 <= judgement.choice <= len(state.candidates):
+            raise AggregatorError(
+                "Vote", self.agent.name, f"choice {judgement.choice} is not a response number "
+                f"(1..{len(state.candidates)})"
+            )
+        chosen = judgement.choice - 1
+        calls = [*state.calls, *report.calls]
+        return final_message(
+            state.candidates[chosen].text, calls, state.layer + 1, result.record, chosen=chosen
+        )

@@ -3,10 +3,33 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from langchain_moa.errors import ConfigurationError
 
-__all__ = ["chat_model_for_base_url"]
+__all__ = ["chat_model_for_base_url", "loopback_async_http_client"]
+
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def loopback_async_http_client() -> Any:
+    """An async HTTP client for the OpenAI SDK that keeps no idle connections.
+
+    ``ChatOpenAI`` shares one cached async client per (base_url, timeout) across all
+    its instances; a kept-alive connection opened in one event loop then breaks the
+    first request made from another loop (``RuntimeError: Event loop is closed``),
+    as with ``asyncio.run`` called twice or pytest-asyncio's per-test loops. Over
+    loopback a fresh connection per request costs well under a millisecond, so local
+    servers get a client without keep-alive. Built from the SDK's own
+    ``DefaultAsyncHttpxClient`` so it matches the SDK's httpx flavour.
+    """
+    import openai
+
+    defaults = openai.DEFAULT_CONNECTION_LIMITS
+    limits = type(defaults)(
+        max_connections=defaults.max_connections, max_keepalive_connections=0
+    )
+    return openai.DefaultAsyncHttpxClient(limits=limits)
 
 
 def chat_model_for_base_url(
@@ -28,7 +51,9 @@ def chat_model_for_base_url(
             ``timeout`` in seconds, ...). Defaults set here, overridable:
             ``max_retries=0`` (the router, not the SDK, retries and falls over) and
             ``stream_usage=True`` (ChatOpenAI asks for usage in streams only for
-            OpenAI's own URL otherwise).
+            OpenAI's own URL otherwise); for a loopback URL also
+            ``http_async_client=loopback_async_http_client()``, so one model can be
+            used from several event loops.
 
     Raises:
         ConfigurationError: ``base_url`` is not an ``http(s)://`` URL or ``model``
@@ -45,6 +70,8 @@ def chat_model_for_base_url(
         raise ConfigurationError(f"model must be a non-empty string, got {model!r}")
     kwargs.setdefault("max_retries", 0)
     kwargs.setdefault("stream_usage", True)
+    if urlsplit(base_url).hostname in _LOOPBACK_HOSTS and "http_async_client" not in kwargs:
+        kwargs["http_async_client"] = loopback_async_http_client()
     return ChatOpenAI(
         base_url=base_url.rstrip("/"),
         model=model,

@@ -1,19 +1,25 @@
-"""Subprocess entry point: llama-cpp-python's OpenAI-compatible server, three fixes added.
+"""Subprocess entry point: llama-cpp-python's OpenAI-compatible server, four fixes added.
 
 Run as ``python langchain_moa/_local/_serve.py --listen-fd FD --parent-pid PID
 --model PATH [any flag of python -m llama_cpp.server]``. It builds the very app of
 ``llama_cpp.server`` (``create_app``) and serves it with uvicorn, and adds:
 
-1. **Usage in streams.** llama-cpp-python 0.3.36 never sends ``usage`` when
+1. **No AMX crash.** llama.cpp's AMX matrix kernels (used through its "extra buffer
+   types" for weights) crash with a general-protection fault in ``libggml-cpu`` on
+   some virtual machines whose CPUs report AMX (seen on a Firecracker VM with a Xeon
+   that advertises amx_int8). ``--moa-extra-bufts auto`` (the default) turns extra
+   buffer types off when the llama.cpp build includes AMX, which also turns off the
+   weight repacking; ``true``/``false`` force it.
+2. **Usage in streams.** llama-cpp-python 0.3.36 never sends ``usage`` when
    ``stream=True`` and ignores ``stream_options``. We count the prompt tokens and the
    generated (non end-of-generation) tokens exactly as its non-streaming path does
    and send one final chunk with ``choices: []`` and ``usage``, which is the shape of
    OpenAI's ``stream_options={"include_usage": true}`` (OpenAI API reference, chat
    streaming). The chunk is sent on every stream; OpenAI clients accept it.
-2. **No port race.** The parent binds and listens on a loopback socket and passes it
+3. **No port race.** The parent binds and listens on a loopback socket and passes it
    in (``--listen-fd``), so the port is known before the server starts and no other
    process can take it in between.
-3. **No orphans.** The server exits when its parent process is gone, even if the
+4. **No orphans.** The server exits when its parent process is gone, even if the
    parent was killed without running its cleanup.
 
 Environment variables that pydantic-settings or uvicorn would read as server settings
@@ -91,6 +97,27 @@ def _install_stream_usage() -> bool:
     return True
 
 
+def _configure_extra_bufts(mode: str) -> bool:
+    """Apply ``--moa-extra-bufts``; returns whether extra buffer types stay enabled."""
+    import llama_cpp
+    import llama_cpp.llama_cpp as low_level
+
+    if mode == "auto":
+        enabled = b"AMX_INT8 = 1" not in llama_cpp.llama_print_system_info()
+    else:
+        enabled = mode == "true"
+    if not enabled:
+        orig_default_params = low_level.llama_model_default_params
+
+        def default_params() -> Any:
+            params = orig_default_params()
+            params.use_extra_bufts = False
+            return params
+
+        low_level.llama_model_default_params = default_params
+    return enabled
+
+
 def _exit_when_orphaned(parent_pid: int) -> None:
     def watch() -> None:
         while True:
@@ -116,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     add_args_from_model(parser, Settings)
     parser.add_argument("--listen-fd", type=int, required=True)
     parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--moa-extra-bufts", choices=["auto", "true", "false"], default="auto")
     args = parser.parse_args(argv)
     if args.parent_pid:
         _exit_when_orphaned(args.parent_pid)
@@ -123,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
 
     server_settings = parse_model_from_args(ServerSettings, args)
     model_settings = [parse_model_from_args(ModelSettings, args)]
+    _configure_extra_bufts(args.moa_extra_bufts)
     if not _install_stream_usage():
         print("langchain-moa: could not add usage to streamed responses", file=sys.stderr)
     app = create_app(server_settings=server_settings, model_settings=model_settings)

@@ -96,6 +96,10 @@ class LocalServer:
         extra_args: further ``python -m llama_cpp.server`` flags, e.g.
             ``["--n_batch", "256"]``.
         verbose: let llama.cpp print its loading and timing logs (to the log file).
+        use_extra_bufts: llama.cpp's extra weight buffer types (AMX, repacked
+            weights). Default ``None``: off when the llama.cpp build includes AMX
+            kernels, which crash on some VMs (see :mod:`langchain_moa._local._serve`),
+            else llama.cpp's default (on).
 
     Attributes:
         base_url: ``http://127.0.0.1:<port>/v1`` once started.
@@ -121,6 +125,7 @@ class LocalServer:
         startup_timeout: float = 120.0,
         extra_args: Sequence[str] = (),
         verbose: bool = False,
+        use_extra_bufts: bool | None = None,
     ) -> None:
         _check_positive_int("n_ctx", n_ctx, allow_none=False)
         _check_positive_int("n_threads", n_threads)
@@ -138,6 +143,7 @@ class LocalServer:
         self.startup_timeout = float(startup_timeout)
         self.extra_args = [str(a) for a in extra_args]
         self.verbose = verbose
+        self.use_extra_bufts = use_extra_bufts
         self.port: int | None = None
         self.log_path: Path | None = None
         self.startup_seconds: float | None = None
@@ -198,6 +204,8 @@ class LocalServer:
             "False",
             "--verbose",
             str(self.verbose),
+            "--moa-extra-bufts",
+            {None: "auto", True: "true", False: "false"}[self.use_extra_bufts],
         ]
         if self.chat_format:
             cmd += ["--chat_format", self.chat_format]

@@ -60,6 +60,8 @@ class Agent:
         self._client = client
         self._runnable: Runnable | None = None
         self._lock = threading.Lock()
+        self.structured_output_failed = False
+        """Set by Rank / Vote when the agent's native structured output failed once."""
         if isinstance(spec, Runnable):
             self._runnable = spec
         elif isinstance(spec, str):

@@ -41,12 +41,12 @@ VOTE_PROMPT = (
 )
 
 JSON_RANK_INSTRUCTION = (
-    'Answer with a JSON object only, of the form {"ranking": [3, 1, 2]}: the response '
-    "numbers from best to worst, each number once."
+    'Answer with a JSON object only, of the form {"ranking": [...]}: a list of the '
+    "response numbers from best to worst, each number once."
 )
 
 JSON_VOTE_INSTRUCTION = (
-    'Answer with a JSON object only, of the form {"choice": 2}: the number of the '
+    'Answer with a JSON object only, of the form {"choice": n}: n is the number of the '
     "consensus response."
 )
 

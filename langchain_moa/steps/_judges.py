@@ -3,7 +3,7 @@
 The judgement is requested with ``with_structured_output`` when the agent supports
 it, and always also described as a JSON object in the prompt. When native
 structured output is unavailable or its call fails, the judge is asked once more in
-plain JSON mode (both calls are recorded). The reply is validated with pydantic;
+plain JSON mode (both calls are recorded), and that agent uses JSON mode from then on. The reply is validated with pydantic;
 digits are never scraped out of prose, and an invalid judgement raises.
 """
 
@@ -90,7 +90,10 @@ class _Judge(LLMStep):
             state.messages, self.prompt or self.instruction, state.texts, self.json_hint
         )
         plain = self.agent.bound(config, self.temperature, self.max_tokens)
-        native = self._native(config) if self.structured != "json" else None
+        use_native = self.structured == "native" or (
+            self.structured == "auto" and not self.agent.structured_output_failed
+        )
+        native = self._native(config) if use_native else None
         if native is None:
             if self.structured == "native":
                 raise AggregatorError(
@@ -146,10 +149,18 @@ class _Judge(LLMStep):
 
     def _run(self, report: _StepReport, config: RunnableConfig) -> Any:
         [result] = self.run_jobs([self._judge_job(report.state, config)], report, config)
-        return self._apply(report, self.parse(result), result)
+        return self._judged(report, result)
 
     async def _arun(self, report: _StepReport, config: RunnableConfig) -> Any:
         [result] = await self.arun_jobs([self._judge_job(report.state, config)], report, config)
+        return self._judged(report, result)
+
+    def _judged(self, report: _StepReport, result: Result) -> Any:
+        if result.extra_records and self.structured == "auto":
+            # Native structured output failed and JSON mode was tried: the server
+            # does not support it (e.g. llama.cpp rejects json_schema), so later
+            # judgements by this agent go straight to JSON mode.
+            self.agent.structured_output_failed = True
         return self._apply(report, self.parse(result), result)
 
     def _apply(self, report: _StepReport, judgement: Any, result: Result) -> Any:
@@ -174,8 +185,9 @@ class Rank(_Judge):
 
     Raises:
         ConfigurationError: ``n`` < 1 or a bad parameter, at construction.
-        AggregatorError: the judge failed, or its ranking is invalid (numbers out of
-            range, or fewer than ``min(n, candidates)`` distinct valid numbers).
+        AggregatorError: the judge failed, or its ranking names fewer than
+            ``min(n, candidates)`` distinct valid response numbers (numbers out of
+            range and repeats are ignored; the raw reply is in the history).
     """
 
     schema = RankingJudgement
@@ -216,18 +228,13 @@ class Rank(_Judge):
         count = len(state.candidates)
         order: list[int] = []
         for number in judgement.ranking:
-            if not 1 <= number <= count:
-                raise AggregatorError(
-                    "Rank", self.agent.name, f"ranking {judgement.ranking} names response "
-                    f"{number}, but there are only {count}"
-                )
-            if number - 1 not in order:
+            if 1 <= number <= count and number - 1 not in order:
                 order.append(number - 1)
         keep = min(self.n, count)
         if len(order) < keep:
             raise AggregatorError(
-                "Rank", self.agent.name, f"ranking {judgement.ranking} ranks {len(order)} "
-                f"response(s); {keep} needed"
+                "Rank", self.agent.name, f"ranking {judgement.ranking} names {len(order)} "
+                f"distinct response number(s) in 1..{count}; {keep} needed"
             )
         candidates = [state.candidates[i] for i in order[:keep]]
         return state.model_copy(

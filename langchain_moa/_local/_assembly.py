@@ -310,7 +310,7 @@ def _tqdm_progress(total: int, desc: str) -> tuple[Callable[[int], None], Callab
 
 
 def ensure_model(
-    name: str = "qwen2.5-coder-0.5b",
+    name: str | BundledModel = "qwen2.5-coder-0.5b",
     *,
     cache_dir: Path | str | None = None,
     progress: bool | None = None,
@@ -324,7 +324,7 @@ def ensure_model(
 
     Args:
         name: a key of :data:`BUNDLED_MODELS` (``"qwen2.5-coder-0.5b"`` or
-            ``"qwen2.5-coder-1.5b"``).
+            ``"qwen2.5-coder-1.5b"``), or a :class:`BundledModel`.
         cache_dir: where to keep the file; default :func:`model_cache_dir`.
         progress: show a tqdm progress bar while assembling; default: when stderr is
             a terminal.
@@ -336,7 +336,7 @@ def ensure_model(
             A corrupt cached file is re-assembled, since it is derived data; the
             error names it only if the chunk packages needed to rebuild it are gone.
     """
-    model = resolve_bundled_model(name)
+    model = name if isinstance(name, BundledModel) else resolve_bundled_model(name)
     dest = Path(cache_dir).expanduser() if cache_dir is not None else model_cache_dir()
     dest = dest / model.filename
     corrupt: LocalModelError | None = None

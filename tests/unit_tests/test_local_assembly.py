@@ -1,0 +1,299 @@
+"""Assembly of chunked GGUF files: atomic, once across processes, crash-safe, verified.
+
+Runs on small fake chunk files in temporary directories (the real 491 MB model is
+checked in tests/integration_tests/test_local_model.py). Real processes
+(multiprocessing, spawn) exercise the file lock and a SIGKILL in mid-write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import signal
+import time
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from langchain_moa.errors import ConfigurationError, LocalModelError
+from langchain_moa.local import (
+    BUNDLED_MODELS,
+    BundledModel,
+    assemble,
+    ensure_model,
+    find_chunk_files,
+    model_cache_dir,
+    resolve_bundled_model,
+    verify_file,
+)
+
+CHUNK_SIZES = [1_000_000, 1_000_000, 1_000_000, 250_001]
+
+
+def make_chunks(directory: Path, sizes: list[int] = CHUNK_SIZES) -> tuple[list[Path], str, int]:
+    """Write random chunk files; return (paths, sha256 of their concatenation, total size)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    parts = []
+    for i, size in enumerate(sizes, start=1):
+        data = os.urandom(size)
+        path = directory / f"part{i:02d}.bin"
+        path.write_bytes(data)
+        digest.update(data)
+        parts.append(path)
+    return parts, digest.hexdigest(), sum(sizes)
+
+
+def temp_files(dest: Path) -> list[Path]:
+    return sorted(dest.parent.glob(f".{dest.name}.*.partial"))
+
+
+def test_assemble_concatenates_in_order_and_writes_once(tmp_path: Path) -> None:
+    parts, sha, size = make_chunks(tmp_path / "chunks")
+    dest = tmp_path / "cache" / "model.gguf"
+    seen: list[int] = []
+
+    assert assemble(parts, dest, sha, size, progress=seen.append) is True
+    assert dest.read_bytes() == b"".join(p.read_bytes() for p in parts)
+    assert sum(seen) == size
+    sidecar = json.loads((dest.parent / "model.gguf.verified.json").read_text())
+    assert sidecar["sha256"] == sha and sidecar["stat"]["size"] == size
+    assert temp_files(dest) == []
+    # a second call finds the valid file and does nothing
+    mtime = dest.stat().st_mtime_ns
+    assert assemble(parts, dest, sha, size) is False
+    assert dest.stat().st_mtime_ns == mtime
+
+
+def test_wrong_hash_leaves_no_file(tmp_path: Path) -> None:
+    parts, sha, size = make_chunks(tmp_path / "chunks")
+    dest = tmp_path / "cache" / "model.gguf"
+    wrong = "0" * 64
+    with pytest.raises(LocalModelError, match="reinstall"):
+        assemble(parts, dest, wrong, size)
+    assert not dest.exists()
+    assert temp_files(dest) == []
+
+
+def test_wrong_total_size_is_reported_before_writing(tmp_path: Path) -> None:
+    parts, sha, size = make_chunks(tmp_path / "chunks")
+    dest = tmp_path / "cache" / "model.gguf"
+    with pytest.raises(LocalModelError, match=f"hold {size} bytes, expected {size + 1}"):
+        assemble(parts, dest, sha, size + 1)
+    assert not dest.exists() and temp_files(dest) == []
+
+
+def test_missing_chunk_is_named(tmp_path: Path) -> None:
+    parts, sha, size = make_chunks(tmp_path / "chunks")
+    parts[2].unlink()
+    with pytest.raises(LocalModelError, match="part03.bin"):
+        assemble(parts, tmp_path / "model.gguf", sha, size)
+
+
+# --------------------------------------------------------------------------- processes
+def _assemble_in_child(parts, dest, sha, size, go, results) -> None:  # runs in a child
+    go.wait(30)
+    started = time.monotonic()
+
+    def slow(_: int) -> None:  # make the write take ~1 s so the two runs overlap
+        time.sleep(0.25)
+
+    wrote = assemble([Path(p) for p in parts], Path(dest), sha, size, progress=slow)
+    results.put((os.getpid(), wrote, started, time.monotonic()))
+
+
+def _kill_self_mid_write(parts, dest, sha, size) -> None:  # runs in a child
+    def die(_: int) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    assemble([Path(p) for p in parts], Path(dest), sha, size, progress=die)
+
+
+def test_two_processes_assemble_exactly_once(tmp_path: Path) -> None:
+    parts, sha, size = make_chunks(tmp_path / "chunks")
+    dest = tmp_path / "cache" / "model.gguf"
+    ctx = multiprocessing.get_context("spawn")
+    go, results = ctx.Event(), ctx.Queue()
+    args = ([str(p) for p in parts], str(dest), sha, size, go, results)
+    procs = [ctx.Process(target=_assemble_in_child, args=args) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    time.sleep(1.0)  # let both children import and block on the event
+    go.set()
+    outcome = [results.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join(30)
+        assert proc.exitcode == 0
+
+    writers = [o for o in outcome if o[1] is True]
+    waiters = [o for o in outcome if o[1] is False]
+    assert len(writers) == 1 and len(waiters) == 1, outcome
+    (_, _, w_start, w_end), (_, _, o_start, o_end) = writers[0], waiters[0]
+    assert o_start < w_end, "the runs did not overlap; the lock was not exercised"
+    assert o_end >= w_end  # the waiter returned only after the writer finished
+    verify_file(dest, sha, size, trust_sidecar=False)
+    assert temp_files(dest) == []
+
+
+def test_killed_assembler_leaves_only_an_ignored_temp_file(tmp_path: Path) -> None:
+    parts, sha, size = make_chunks(tmp_path / "chunks")
+    dest = tmp_path / "cache" / "model.gguf"
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=_kill_self_mid_write, args=([str(p) for p in parts], str(dest),
+                                                          sha, size))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == -signal.SIGKILL
+
+    leftovers = temp_files(dest)
+    assert len(leftovers) == 1 and 0 < leftovers[0].stat().st_size < size
+    assert not dest.exists()
+    with pytest.raises(LocalModelError, match="does not exist"):
+        verify_file(dest, sha, size)
+    # the next assembler is not blocked (the kernel dropped the lock) and cleans up
+    assert assemble(parts, dest, sha, size) is True
+    assert temp_files(dest) == []
+    verify_file(dest, sha, size, trust_sidecar=False)
+
+
+# --------------------------------------------------------------------------- corruption
+def _flip_byte(path: Path, offset: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_corrupt_file_is_detected_and_named(tmp_path: Path) -> None:
+    parts, sha, size = make_chunks(tmp_path / "chunks")
+    dest = tmp_path / "cache" / "model.gguf"
+    assemble(parts, dest, sha, size)
+    before = dest.stat()
+    _flip_byte(dest, size // 2)
+    # even with the modification time put back, the changed ctime forces a re-hash
+    os.utime(dest, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    with pytest.raises(LocalModelError) as info:
+        verify_file(dest, sha, size)
+    assert str(dest) in str(info.value) and "corrupt" in str(info.value)
+
+
+def test_truncated_file_is_detected_by_size(tmp_path: Path) -> None:
+    parts, sha, size = make_chunks(tmp_path / "chunks")
+    dest = tmp_path / "cache" / "model.gguf"
+    assemble(parts, dest, sha, size)
+    os.truncate(dest, size - 10)
+    with pytest.raises(LocalModelError, match=f"{size - 10} bytes, expected {size}"):
+        verify_file(dest, sha, size)
+
+
+def test_assemble_replaces_a_corrupt_file(tmp_path: Path) -> None:
+    parts, sha, size = make_chunks(tmp_path / "chunks")
+    dest = tmp_path / "cache" / "model.gguf"
+    assemble(parts, dest, sha, size)
+    _flip_byte(dest, 7)
+    assert assemble(parts, dest, sha, size) is True
+    verify_file(dest, sha, size, trust_sidecar=False)
+
+
+def test_sidecar_is_trusted_only_while_the_stat_matches(tmp_path: Path) -> None:
+    """The sidecar skips the hash: a file it vouches for is not re-read."""
+    parts, sha, size = make_chunks(tmp_path / "chunks")
+    dest = tmp_path / "model.gguf"
+    dest.write_bytes(b"\0" * size)  # right size, wrong content
+    st = dest.stat()
+    stat_key = {"size": st.st_size, "inode": st.st_ino, "device": st.st_dev,
+                "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+    sidecar = tmp_path / "model.gguf.verified.json"
+    sidecar.write_text(json.dumps({"sha256": sha, "stat": stat_key}))
+
+    verify_file(dest, sha, size)  # trusted: no hash computed
+    with pytest.raises(LocalModelError, match="corrupt"):
+        verify_file(dest, sha, size, trust_sidecar=False)
+    os.utime(dest)  # any change of the stat makes the sidecar stale
+    with pytest.raises(LocalModelError, match="corrupt"):
+        verify_file(dest, sha, size)
+
+
+# --------------------------------------------------------------------------- packages
+def _fake_model(tmp_path: Path, sha: str = "0" * 64, size: int = 10) -> BundledModel:
+    return BundledModel(
+        name="fake",
+        description="test model",
+        packages=("langchain-moa-test-missing-chunk-a", "langchain-moa-test-missing-chunk-b"),
+        version="1.0",
+        filename="fake.gguf",
+        size=size,
+        sha256=sha,
+        extra="local",
+    )
+
+
+def test_missing_chunk_packages_say_what_to_install(tmp_path: Path) -> None:
+    with pytest.raises(LocalModelError) as info:
+        find_chunk_files(_fake_model(tmp_path))
+    message = str(info.value)
+    assert 'pip install "langchain-moa[local]"' in message
+    assert "langchain-moa-test-missing-chunk-a" in message
+    assert "langchain-moa-test-missing-chunk-b" in message
+
+
+def test_missing_packages_do_not_matter_once_the_file_is_cached(tmp_path: Path) -> None:
+    parts, sha, size = make_chunks(tmp_path / "chunks")
+    model = _fake_model(tmp_path, sha, size)
+    assemble(parts, tmp_path / "cache" / model.filename, sha, size)
+    assert ensure_model(model, cache_dir=tmp_path / "cache", progress=False) == (
+        tmp_path / "cache" / model.filename
+    )
+
+
+def test_corrupt_cache_without_packages_names_the_path_and_the_fix(tmp_path: Path) -> None:
+    parts, sha, size = make_chunks(tmp_path / "chunks")
+    model = _fake_model(tmp_path, sha, size)
+    dest = tmp_path / "cache" / model.filename
+    assemble(parts, dest, sha, size)
+    _flip_byte(dest, 3)
+    with pytest.raises(LocalModelError) as info:
+        ensure_model(model, cache_dir=tmp_path / "cache", progress=False)
+    assert str(dest) in str(info.value)
+    assert 'pip install "langchain-moa[local]"' in str(info.value)
+
+
+def test_cache_dir_honours_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("LANGCHAIN_MOA_CACHE", str(tmp_path / "root"))
+    assert model_cache_dir() == tmp_path / "root" / "models"
+    monkeypatch.delenv("LANGCHAIN_MOA_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert model_cache_dir() == tmp_path / "xdg" / "langchain-moa" / "models"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert model_cache_dir() == Path.home() / ".cache" / "langchain-moa" / "models"
+
+
+def test_unknown_model_name_lists_the_valid_ones() -> None:
+    with pytest.raises(ConfigurationError, match="qwen2.5-coder-0.5b"):
+        resolve_bundled_model("qwen-7b")
+    assert resolve_bundled_model(" Qwen2.5-Coder-0.5B ").name == "qwen2.5-coder-0.5b"
+
+
+def _installed(model: BundledModel) -> bool:
+    try:
+        return all(metadata.distribution(p).version == model.version for p in model.packages)
+    except metadata.PackageNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLED_MODELS))
+def test_installed_chunk_packages_add_up_to_the_pinned_size(name: str) -> None:
+    model = BUNDLED_MODELS[name]
+    if not _installed(model):
+        pytest.skip(f"{model.install_command} not installed")
+    parts = find_chunk_files(model)
+    assert len(parts) == len(model.packages)
+    assert [p.name for p in parts] == [f"part{i:02d}.bin" for i in range(1, len(parts) + 1)]
+    assert sum(p.stat().st_size for p in parts) == model.size
+    with open(parts[0], "rb") as fh:
+        assert fh.read(4) == b"GGUF"

@@ -17,10 +17,12 @@ from langchain_moa._prompts import AGGREGATE_PROMPT, reference_messages
 from langchain_moa.errors import AggregatorError, ConfigurationError
 from langchain_moa.steps._base import (
     CALL_EVENT,
+    DEFAULT,
     STEP_EVENT,
     Job,
     LLMStep,
     Result,
+    _Default,
     _StepReport,
     to_state,
 )
@@ -93,7 +95,7 @@ class Aggregate(LLMStep):
         self,
         agent: Any,
         *,
-        temperature: float | None = DEFAULT_TEMPERATURE,
+        temperature: float | None | _Default = DEFAULT,
         max_tokens: int | None = DEFAULT_MAX_TOKENS,
         temp: float | None = None,
         prompt: str | None = None,
@@ -106,6 +108,7 @@ class Aggregate(LLMStep):
             temp=temp,
             max_concurrency=None,
             prices=prices,
+            default_temperature=DEFAULT_TEMPERATURE,
         )
         if prompt is not None and not isinstance(prompt, str):
             raise ConfigurationError(f"prompt must be a string, got {type(prompt).__name__}")

@@ -228,13 +228,16 @@ class LLMStep(Step):
     def __init__(
         self,
         *,
-        temperature: float | None,
+        temperature: float | None | _Default,
         max_tokens: int | None,
         max_concurrency: int | None,
         prices: dict[str, tuple[float, float]] | None,
         temp: float | None = None,
+        default_temperature: float | None = None,
     ) -> None:
-        if temp is not None:
+        if temperature is DEFAULT:
+            temperature = default_temperature if temp is None else temp
+        elif temp is not None:
             if temperature is not None and temperature != temp:
                 raise ConfigurationError("give temperature or temp (its alias), not both")
             temperature = temp
@@ -378,6 +381,17 @@ class LLMStep(Step):
 
 def _has_tool_calls(message: Any) -> bool:
     return bool(getattr(message, "tool_calls", None))
+
+
+class _Default:
+    """Marks a ``temperature`` the caller did not give, so ``temp=`` can set it."""
+
+    def __repr__(self) -> str:
+        return "<step default>"
+
+
+DEFAULT = _Default()
+"""Default of the steps' ``temperature``: the step's own default unless ``temp`` is given."""
 
 
 def validate_positive_int(value: Any, name: str, minimum: int = 1) -> int:

@@ -27,7 +27,15 @@ from langchain_moa._prompts import (
 )
 from langchain_moa.errors import AggregatorError, ConfigurationError
 from langchain_moa.steps._aggregate import final_message, single_agent
-from langchain_moa.steps._base import Job, LLMStep, Result, _StepReport, validate_positive_int
+from langchain_moa.steps._base import (
+    DEFAULT,
+    Job,
+    LLMStep,
+    Result,
+    _Default,
+    _StepReport,
+    validate_positive_int,
+)
 from langchain_moa.types import MoAState
 
 Structured = Literal["auto", "native", "json"]
@@ -54,7 +62,7 @@ class _Judge(LLMStep):
         self,
         agent: Any,
         *,
-        temperature: float | None,
+        temperature: float | None | _Default,
         max_tokens: int | None,
         temp: float | None,
         prompt: str | None,
@@ -68,6 +76,7 @@ class _Judge(LLMStep):
             temp=temp,
             max_concurrency=None,
             prices=prices,
+            default_temperature=0.0,
         )
         if structured not in ("auto", "native", "json"):
             raise ConfigurationError(
@@ -199,7 +208,7 @@ class Rank(_Judge):
         agent: Any,
         n: int,
         *,
-        temperature: float | None = 0.0,
+        temperature: float | None | _Default = DEFAULT,
         max_tokens: int | None = 512,
         temp: float | None = None,
         prompt: str | None = None,
@@ -266,7 +275,7 @@ class Vote(_Judge):
         self,
         agent: Any,
         *,
-        temperature: float | None = 0.0,
+        temperature: float | None | _Default = DEFAULT,
         max_tokens: int | None = 512,
         temp: float | None = None,
         prompt: str | None = None,

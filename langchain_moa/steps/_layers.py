@@ -11,7 +11,15 @@ from langchain_core.runnables import RunnableConfig
 from langchain_moa._agents import make_agents
 from langchain_moa._prompts import AGGREGATE_PROMPT, REFINE_PROMPT, reference_messages, with_system
 from langchain_moa.errors import ConfigurationError, LayerFailedError
-from langchain_moa.steps._base import Job, LLMStep, Result, _StepReport, validate_positive_int
+from langchain_moa.steps._base import (
+    DEFAULT,
+    Job,
+    LLMStep,
+    Result,
+    _Default,
+    _StepReport,
+    validate_positive_int,
+)
 from langchain_moa.types import Candidate, MoAState
 
 DEFAULT_TEMPERATURE = 0.7
@@ -27,7 +35,7 @@ class _LayerStep(LLMStep):
         self,
         agents: Sequence[Any],
         *,
-        temperature: float | None = DEFAULT_TEMPERATURE,
+        temperature: float | None | _Default = DEFAULT,
         max_tokens: int | None = DEFAULT_MAX_TOKENS,
         temp: float | None = None,
         prompt: str | None = None,
@@ -43,6 +51,7 @@ class _LayerStep(LLMStep):
             temp=temp,
             max_concurrency=max_concurrency,
             prices=prices,
+            default_temperature=DEFAULT_TEMPERATURE,
         )
         self.agents = make_agents(agents, client)
         self.min_success = validate_positive_int(min_success, "min_success")

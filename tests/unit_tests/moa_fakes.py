@@ -1,0 +1,224 @@
+"""Fake chat models for the MoA unit tests (no sockets).
+
+``ScriptedChat`` is a small ``BaseChatModel`` that replies from a script, records
+every call (the messages it received and the keyword arguments such as
+``temperature`` / ``max_tokens``), reports token usage, streams word by word with
+the usage on the last chunk, and can sleep while a shared :class:`Gauge` counts how
+many calls are in flight. ``ToolJudge`` adds ``bind_tools`` so that
+``with_structured_output`` takes the native (tool-calling) path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManagerForLLMRun,
+)
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import ConfigDict, Field
+
+
+class Gauge:
+    """Counts calls in flight (thread-safe) and remembers the peak."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.active = 0
+        self.peak = 0
+        self.total = 0
+
+    def enter(self) -> None:
+        with self._lock:
+            self.active += 1
+            self.total += 1
+            self.peak = max(self.peak, self.active)
+
+    def exit(self) -> None:
+        with self._lock:
+            self.active -= 1
+
+
+Reply = str | BaseException | Callable[[list[BaseMessage]], str]
+
+
+class ScriptedChat(BaseChatModel):
+    """Replies with ``replies[i]`` on its i-th call (the last one repeats).
+
+    A reply may be a string (``""`` makes an empty reply), an exception instance
+    (raised), or a function of the received messages returning a string.
+    ``input_tokens`` / ``output_tokens`` are reported as usage (output defaults to
+    the number of whitespace-separated words). ``calls`` records one dict per call:
+    ``{"messages": [...], "kwargs": {...}}``.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    replies: list[Any] = Field(default_factory=lambda: ["ok"])
+    model_name: str = "fake"
+    input_tokens: int = 10
+    output_tokens: int | None = None
+    delay: float = 0.0
+    gauge: Any = None
+    fail_mid_stream: bool = False
+    calls: list[dict[str, Any]] = Field(default_factory=list)
+    lock: Any = Field(default_factory=threading.Lock)
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted-fake"
+
+    def _next(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> AIMessage:
+        with self.lock:
+            i = len(self.calls)
+            self.calls.append({"messages": list(messages), "kwargs": dict(kwargs)})
+        reply = self.replies[min(i, len(self.replies) - 1)]
+        if isinstance(reply, BaseException):
+            raise reply
+        if callable(reply):
+            reply = reply(messages)
+        out = self.output_tokens if self.output_tokens is not None else len(reply.split())
+        return AIMessage(
+            content=reply,
+            usage_metadata=UsageMetadata(
+                input_tokens=self.input_tokens,
+                output_tokens=out,
+                total_tokens=self.input_tokens + out,
+            ),
+            response_metadata={"model_name": self.model_name},
+        )
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.gauge is not None:
+            self.gauge.enter()
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+            message = self._next(messages, kwargs)
+        finally:
+            if self.gauge is not None:
+                self.gauge.exit()
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.gauge is not None:
+            self.gauge.enter()
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            message = self._next(messages, kwargs)
+        finally:
+            if self.gauge is not None:
+                self.gauge.exit()
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _chunks(self, message: AIMessage) -> Iterator[AIMessageChunk]:
+        tokens = [t for t in re.split(r"(\s)", message.text) if t]
+        for i, token in enumerate(tokens):
+            if self.fail_mid_stream and i == 1:
+                raise RuntimeError("connection dropped mid-stream")
+            last = i == len(tokens) - 1
+            yield AIMessageChunk(
+                content=token,
+                usage_metadata=message.usage_metadata if last else None,
+                response_metadata=message.response_metadata if last else {},
+            )
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        message = self._next(messages, kwargs)
+        for chunk in self._chunks(message):
+            if run_manager:
+                run_manager.on_llm_new_token(chunk.text, chunk=ChatGenerationChunk(message=chunk))
+            yield ChatGenerationChunk(message=chunk)
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        message = self._next(messages, kwargs)
+        for chunk in self._chunks(message):
+            if run_manager:
+                await run_manager.on_llm_new_token(
+                    chunk.text, chunk=ChatGenerationChunk(message=chunk)
+                )
+            yield ChatGenerationChunk(message=chunk)
+
+    # -- helpers for assertions ------------------------------------------------
+
+    def received(self, i: int = -1) -> list[BaseMessage]:
+        """The messages of call ``i``."""
+        return self.calls[i]["messages"]
+
+    def kwargs(self, i: int = -1) -> dict[str, Any]:
+        """The keyword arguments of call ``i``."""
+        return self.calls[i]["kwargs"]
+
+
+class ToolJudge(ScriptedChat):
+    """A judge with native tool calling: ``with_structured_output`` uses ``bind_tools``.
+
+    In tool mode (``tools`` bound) it replies with one tool call whose arguments are
+    ``tool_args`` (or raises ``tool_error`` when set); without tools it replies from
+    ``replies`` like :class:`ScriptedChat`.
+    """
+
+    tool_args: dict[str, Any] = Field(default_factory=dict)
+    tool_error: Any = None
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
+
+    def _next(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> AIMessage:
+        if "tools" not in kwargs:
+            return super()._next(messages, kwargs)
+        with self.lock:
+            self.calls.append({"messages": list(messages), "kwargs": dict(kwargs)})
+        if self.tool_error is not None:
+            raise self.tool_error
+        name = kwargs["tools"][0]["function"]["name"]
+        return AIMessage(
+            content="",
+            tool_calls=[{"name": name, "args": dict(self.tool_args), "id": "call_1"}],
+            usage_metadata=UsageMetadata(input_tokens=7, output_tokens=3, total_tokens=10),
+            response_metadata={"model_name": self.model_name},
+        )
+
+
+def chat(*replies: Any, name: str = "fake", **kwargs: Any) -> ScriptedChat:
+    """A :class:`ScriptedChat` with the given replies."""
+    return ScriptedChat(replies=list(replies) or ["ok"], model_name=name, **kwargs)
+
+
+def text_of(message: BaseMessage) -> str:
+    return message.text if isinstance(message.content, str) else str(message.content)

@@ -4,6 +4,7 @@ parallel execution of model calls (threads for sync, a semaphore for async)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from abc import ABCMeta
 from collections.abc import Sequence
@@ -287,10 +288,18 @@ class LLMStep(Step):
         """A :class:`CallRecord` for a finished call; empty replies count as errors."""
         message = reply.get("raw") if isinstance(reply, dict) else reply
         text = message.text if isinstance(message, BaseMessage) else None
+        if not (text or "").strip() and _has_tool_calls(message):
+            # a native structured reply: keep the judgement visible in the history
+            text = json.dumps([call["args"] for call in message.tool_calls], ensure_ascii=False)
         usage = getattr(message, "usage_metadata", None) or {}
         response_model = (getattr(message, "response_metadata", None) or {}).get("model_name")
+        parsing_error = reply.get("parsing_error") if isinstance(reply, dict) else None
         if error is None and message is None:
             error_text = "no reply"
+        elif error is None and parsing_error is not None:
+            # with_structured_output(include_raw=True) reports invalid structured
+            # output here instead of raising: a failed call (the judge falls back).
+            error_text = _describe(parsing_error)
         elif error is None and not (text or "").strip() and not _has_tool_calls(message):
             error_text = "EmptyResponseError: the model returned an empty reply"
         else:

@@ -161,6 +161,17 @@ def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
     return max(0.0, dt.timestamp() - now)
 
 
+def _optional_httpx2() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """``(timeout, transport)`` exception types of ``httpx2`` (used by openai >= 3) if installed."""
+    try:
+        import httpx2  # type: ignore[import-not-found]
+    except ImportError:  # pragma: no cover - depends on the openai version
+        return (), ()
+    return (httpx2.TimeoutException,), (httpx2.TransportError,)
+
+
+_HTTPX2_TIMEOUT, _HTTPX2_TRANSPORT = _optional_httpx2()
+
 _CONTEXT_RE = re.compile(
     r"context[_ ]length|context window|maximum context|too many tokens|prompt is too long|"
     r"exceeds? the (?:model'?s? )?(?:context|max)|input is too long|reduce the length",
@@ -173,10 +184,7 @@ def _status_and_headers(exc: BaseException) -> tuple[int | None, Any, str]:
     status = getattr(exc, "status_code", None)
     response = getattr(exc, "response", None)
     headers = None
-    if isinstance(response, httpx.Response):
-        status = status or response.status_code
-        headers = response.headers
-    elif response is not None:
+    if response is not None:
         status = status or getattr(response, "status_code", None)
         headers = getattr(response, "headers", None)
     body = getattr(exc, "body", None)
@@ -204,16 +212,17 @@ def classify_error(exc: BaseException, now: float | None = None) -> ErrorInfo:
     if isinstance(exc, MissingAPIKeyError):
         return ErrorInfo("auth", None, None, str(exc))
     # timeouts before connection errors: APITimeoutError subclasses APIConnectionError
-    if isinstance(
-        exc,
-        openai.APITimeoutError | TimeoutError | asyncio.TimeoutError | httpx.TimeoutException
-        | lc_exc.ModelTimeoutError,
-    ):
+    timeouts = (
+        openai.APITimeoutError, TimeoutError, asyncio.TimeoutError, httpx.TimeoutException,
+        lc_exc.ModelTimeoutError, *_HTTPX2_TIMEOUT,
+    )
+    if isinstance(exc, timeouts):
         return ErrorInfo("timeout", None, None, msg)
-    if isinstance(
-        exc,
-        openai.APIConnectionError | httpx.TransportError | ConnectionError | lc_exc.ModelConnectionError,
-    ):
+    transport = (
+        openai.APIConnectionError, httpx.TransportError, ConnectionError,
+        lc_exc.ModelConnectionError, *_HTTPX2_TRANSPORT,
+    )
+    if isinstance(exc, transport):
         return ErrorInfo("connection", None, None, msg)
     if isinstance(exc, lc_exc.ContextOverflowError):
         status, _, _ = _status_and_headers(exc)
@@ -262,7 +271,7 @@ def backoff(attempt: int, initial: float, maximum: float) -> float:
     Delegates to tenacity's ``wait_exponential_jitter`` (``initial * 2**(n-1)``
     plus up to ``initial`` seconds of jitter, capped at ``maximum``).
     """
-    wait = wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)
+    wait = wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
     return float(wait(SimpleNamespace(attempt_number=max(1, attempt))))  # type: ignore[arg-type]
 
 

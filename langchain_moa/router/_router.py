@@ -349,7 +349,11 @@ class ProviderRouter(BaseChatModel):
                 out.append(d)
         return out
 
-    def model_post_init(self, __context: Any) -> None:
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**data)
+        self._check_config()  # outside pydantic so ConfigurationError reaches the caller as is
+
+    def _check_config(self) -> None:
         if not self.deployments:
             raise ConfigurationError("deployments must list at least one Deployment")
         seen: set[str] = set()
@@ -374,6 +378,9 @@ class ProviderRouter(BaseChatModel):
             )
         if self.store is not None and not isinstance(self.store, RouterStore):
             raise ConfigurationError(f"store must be a RouterStore, got {type(self.store).__name__}")
+
+    def model_post_init(self, __context: Any) -> None:
+        lo, hi = self.rate_limit_backoff
         self._store = self.store if self.store is not None else InMemoryStore()
         self._stats = {str(d.name): DeploymentStats() for d in self.deployments}
         self._rng = random.Random(self.seed)
@@ -672,6 +679,11 @@ class ProviderRouter(BaseChatModel):
     def _gate(self, req: _Request, d: Deployment) -> tuple[Lease, bool]:
         """Take the limits and claim the deployment, or raise ``_Failover`` (skipped)."""
         name = str(d.name)
+        ctx_reason = self._context_skip(req, d)
+        if ctx_reason:
+            req.blocked[name] = None
+            self._note_skip(req, d, ctx_reason)
+            raise _Failover(name, ctx_reason)
         now = time.time()
         scopes = [
             (ROUTER_SCOPE, Limits(self.rpm, self.tpm, self.max_concurrency, window=self.limit_window)),

@@ -22,7 +22,12 @@ from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 
 from langchain_moa.client_model import ClientChatModel
 from langchain_moa.errors import ConfigurationError
-from langchain_moa.providers import LOCAL_PROVIDER, openai_compatible_chat_model, parse_model_name
+from langchain_moa.providers import (
+    LOCAL_PROVIDER,
+    PROVIDERS,
+    openai_compatible_chat_model,
+    parse_model_name,
+)
 
 AgentLike = str | Runnable | Callable[..., Any]
 
@@ -65,7 +70,7 @@ class Agent:
         if isinstance(spec, Runnable):
             self._runnable = spec
         elif isinstance(spec, str):
-            if client is None and _has_provider(spec):
+            if client is None and _known_provider(spec):
                 parsed = parse_model_name(spec)
                 if parsed.provider != LOCAL_PROVIDER:
                     self._runnable = openai_compatible_chat_model(parsed.provider, parsed.model)
@@ -84,11 +89,16 @@ class Agent:
             ConfigurationError: a bare model name and no client function.
             LocalModelError: a ``local/...`` model cannot be started.
         """
+        if isinstance(self._spec, str):
+            # A client (the step's, or run(..., client=)'s) serves every model string,
+            # as in mixture-llm, whose names may look like "qwen/qwen-2.5-72b-instruct".
+            client = self._client or (config or {}).get("configurable", {}).get(
+                CLIENT_CONFIG_KEY
+            )
+            if client is not None:
+                return ClientChatModel(client=client, model=self._spec)
         if self._runnable is not None:
             return self._runnable
-        client = self._client or (config or {}).get("configurable", {}).get(CLIENT_CONFIG_KEY)
-        if client is not None:
-            return ClientChatModel(client=client, model=self._spec)
         with self._lock:
             if self._runnable is None:
                 self._runnable = _resolve_string(self._spec)
@@ -115,13 +125,32 @@ def _has_provider(name: str) -> bool:
     return any(i > 0 for i in (name.find("/"), name.find(":")))
 
 
+def _known_provider(name: str) -> bool:
+    """True when ``name`` starts with a registered provider (or ``local``).
+
+    Other prefixed names (``"qwen/qwen-2.5-72b-instruct"``, an OpenRouter or Groq
+    model id) wait for a client like bare names do.
+    """
+    cuts = [i for i in (name.find("/"), name.find(":")) if i > 0]
+    if not cuts:
+        return False
+    provider = name[: min(cuts)].lower()
+    return provider == LOCAL_PROVIDER or provider in PROVIDERS
+
+
 def _resolve_string(name: str) -> Runnable:
     if not _has_provider(name):
         raise ConfigurationError(
             f"agent {name!r} has no provider: write 'provider/model' (e.g. 'openai/{name}') "
             f"or give the step a client function with client="
         )
-    parsed = parse_model_name(name)
+    try:
+        parsed = parse_model_name(name)
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"agent {name!r}: {exc}; or serve it with a client function "
+            f"(client= on the step, or run(..., client=))"
+        ) from None
     if parsed.provider == LOCAL_PROVIDER:
         from langchain_moa.local import get_local_chat_model
 

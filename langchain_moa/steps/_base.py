@@ -296,6 +296,11 @@ class LLMStep(Step):
         parsing_error = reply.get("parsing_error") if isinstance(reply, dict) else None
         if error is None and message is None:
             error_text = "no reply"
+        elif error is None and not isinstance(message, BaseMessage):
+            error_text = (
+                f"TypeError: the agent returned a {type(message).__name__}, expected an "
+                f"AIMessage (end a Runnable agent with a chat model)"
+            )
         elif error is None and parsing_error is not None:
             # with_structured_output(include_raw=True) reports invalid structured
             # output here instead of raising: a failed call (the judge falls back).

@@ -143,6 +143,7 @@ class _Request:
     pass_failed: set[str] = field(default_factory=set)
     last_kind: dict[str, str] = field(default_factory=dict)
     tries: dict[str, int] = field(default_factory=dict)
+    pending: str | None = None
 
 
 def _has_token(chunk: ChatGenerationChunk) -> bool:
@@ -581,9 +582,15 @@ class ProviderRouter(BaseChatModel):
                 output_tokens=req.output_tokens,
                 streaming=req.streaming,
                 stats=self._stats,
-                in_flight=lambda n: self._store.slot_count(f"inflight:{n}"),
+                in_flight=self._busy,
                 rng=self._rng,
             )
+            if req.strategy == "least-busy" and ranked:
+                # count the request against its first choice right away, so that
+                # concurrent requests planned before this one is sent spread out
+                self._release_pending(req)
+                req.pending = str(ranked[0][0].name)
+                self._store.slot_acquire(f"pending:{req.pending}", None)
         req.candidates = [
             {"deployment": d.name, "rank": i + 1, "score": _finite(s), "note": note, "skipped": None}
             for i, (d, s, note) in enumerate(ranked)
@@ -594,6 +601,14 @@ class ProviderRouter(BaseChatModel):
             entries.append((d, 0))
             entries.extend((d, i) for i in range(1, max_retries + 1))
         return entries
+
+    def _busy(self, name: str) -> int:
+        return self._store.slot_count(f"inflight:{name}") + self._store.slot_count(f"pending:{name}")
+
+    def _release_pending(self, req: _Request) -> None:
+        if req.pending is not None:
+            self._store.slot_release(f"pending:{req.pending}")
+            req.pending = None
 
     def _next_wait(self, req: _Request) -> float:
         """Seconds until the earliest deployment may serve the request, or raise."""
@@ -691,6 +706,8 @@ class ProviderRouter(BaseChatModel):
         ]
         tokens = req.prompt_tokens + req.output_tokens
         lease, wait, why = try_acquire(self._store, scopes, tokens, now)
+        if lease is not None:
+            self._release_pending(req)
         if lease is None:
             req.blocked[name] = now + wait
             req.queue_blocked.add(name)
@@ -1026,15 +1043,18 @@ class ProviderRouter(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         req = self._new_request(messages, stop, kwargs, streaming=False)
-        while True:
-            entries = self._plan(req)
-            if entries:
-                try:
-                    msg = self._chain(req, entries).invoke(messages, self._chain_config(run_manager))
-                    return ChatResult(generations=[ChatGeneration(message=msg)])
-                except _Failover:
-                    pass
-            time.sleep(self._next_wait(req))
+        try:
+            while True:
+                entries = self._plan(req)
+                if entries:
+                    try:
+                        msg = self._chain(req, entries).invoke(messages, self._chain_config(run_manager))
+                        return ChatResult(generations=[ChatGeneration(message=msg)])
+                    except _Failover:
+                        pass
+                time.sleep(self._next_wait(req))
+        finally:
+            self._release_pending(req)
 
     async def _agenerate(
         self,
@@ -1044,15 +1064,20 @@ class ProviderRouter(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         req = self._new_request(messages, stop, kwargs, streaming=False)
-        while True:
-            entries = self._plan(req)
-            if entries:
-                try:
-                    msg = await self._chain(req, entries).ainvoke(messages, self._chain_config(run_manager))
-                    return ChatResult(generations=[ChatGeneration(message=msg)])
-                except _Failover:
-                    pass
-            await asyncio.sleep(self._next_wait(req))
+        try:
+            while True:
+                entries = self._plan(req)
+                if entries:
+                    try:
+                        msg = await self._chain(req, entries).ainvoke(
+                            messages, self._chain_config(run_manager)
+                        )
+                        return ChatResult(generations=[ChatGeneration(message=msg)])
+                    except _Failover:
+                        pass
+                await asyncio.sleep(self._next_wait(req))
+        finally:
+            self._release_pending(req)
 
     def _stream(
         self,
@@ -1062,19 +1087,22 @@ class ProviderRouter(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         req = self._new_request(messages, stop, kwargs, streaming=True)
-        while True:
-            entries = self._plan(req)
-            if entries:
-                it = self._chain(req, entries).stream(messages, self._chain_config(run_manager))
-                try:
-                    first = next(it)
-                except _Failover:
-                    first = None
-                if first is not None:
-                    yield first
-                    yield from it
-                    return
-            time.sleep(self._next_wait(req))
+        try:
+            while True:
+                entries = self._plan(req)
+                if entries:
+                    it = self._chain(req, entries).stream(messages, self._chain_config(run_manager))
+                    try:
+                        first = next(it)
+                    except _Failover:
+                        first = None
+                    if first is not None:
+                        yield first
+                        yield from it
+                        return
+                time.sleep(self._next_wait(req))
+        finally:
+            self._release_pending(req)
 
     async def _astream(
         self,
@@ -1084,17 +1112,21 @@ class ProviderRouter(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         req = self._new_request(messages, stop, kwargs, streaming=True)
-        while True:
-            entries = self._plan(req)
-            if entries:
-                it = self._chain(req, entries).astream(messages, self._chain_config(run_manager)).__aiter__()
-                try:
-                    first = await it.__anext__()
-                except _Failover:
-                    first = None
-                if first is not None:
-                    yield first
-                    async for c in it:
-                        yield c
-                    return
-            await asyncio.sleep(self._next_wait(req))
+        try:
+            while True:
+                entries = self._plan(req)
+                if entries:
+                    chain = self._chain(req, entries)
+                    it = chain.astream(messages, self._chain_config(run_manager)).__aiter__()
+                    try:
+                        first = await it.__anext__()
+                    except _Failover:
+                        first = None
+                    if first is not None:
+                        yield first
+                        async for c in it:
+                            yield c
+                        return
+                await asyncio.sleep(self._next_wait(req))
+        finally:
+            self._release_pending(req)

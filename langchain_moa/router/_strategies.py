@@ -13,7 +13,8 @@ score is the random sort key (higher first). Ties keep the list order.
   measured (LiteLLM's latency routing does the same).
 * ``weighted``: random order, each deployment drawn with probability
   proportional to ``weight`` (Efraimidis-Spirakis keys ``u**(1/w)``); seedable.
-* ``least-busy``: fewest requests in flight (from the store, so shared across
+* ``least-busy``: fewest requests in flight plus requests already planned for
+  the deployment but not yet sent (both from the store, so shared across
   processes with Redis), ties by list order.
 """
 

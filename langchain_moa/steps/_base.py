@@ -322,13 +322,23 @@ class LLMStep(Step):
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             latency_s=time.perf_counter() - started,
-            cost_usd=pricing.cost_usd(
-                response_model or job.agent.name, input_tokens, output_tokens, self.prices
-            )
+            cost_usd=self._cost(job, response_model, input_tokens, output_tokens)
             if error is None
             else None,
             error=error_text,
         )
+
+    def _cost(
+        self, job: Job, response_model: str | None, input_tokens: int, output_tokens: int
+    ) -> float | None:
+        """USD of one call: priced by the reported model, else by the agent's name
+        (providers report dated ids such as ``gpt-4o-mini-2024-07-18``)."""
+        for model in (response_model, job.agent.name):
+            if model:
+                cost = pricing.cost_usd(model, input_tokens, output_tokens, self.prices)
+                if cost is not None:
+                    return cost
+        return None
 
     # -- executing jobs --------------------------------------------------------
 

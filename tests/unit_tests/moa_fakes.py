@@ -66,6 +66,8 @@ class ScriptedChat(BaseChatModel):
 
     replies: list[Any] = Field(default_factory=lambda: ["ok"])
     model_name: str = "fake"
+    response_model: str | None = None
+    """reported as ``response_metadata["model_name"]`` (default: ``model_name``)."""
     input_tokens: int = 10
     output_tokens: int | None = None
     delay: float = 0.0
@@ -95,7 +97,7 @@ class ScriptedChat(BaseChatModel):
                 output_tokens=out,
                 total_tokens=self.input_tokens + out,
             ),
-            response_metadata={"model_name": self.model_name},
+            response_metadata={"model_name": self.response_model or self.model_name},
         )
 
     def _generate(

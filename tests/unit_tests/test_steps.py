@@ -484,3 +484,43 @@ def test_aggregator_failing_mid_stream_raises_aggregator_error():
         for chunk in moa.stream("q"):
             seen.append(chunk.text)
     assert "proposer answer" not in "".join(seen)
+
+
+def _non_streaming_aggregators():
+    async def client(model, messages, temp, max_tokens):
+        return "client final", 21, 4
+
+    def lam(messages):
+        return AIMessage(
+            content="lambda final",
+            usage_metadata={"input_tokens": 9, "output_tokens": 2, "total_tokens": 11},
+        )
+
+    from langchain_core.runnables import RunnableLambda
+
+    return [client, RunnableLambda(lam, name="lam")]
+
+
+@pytest.mark.parametrize("agg", _non_streaming_aggregators(), ids=["client", "lambda"])
+def test_stream_with_a_non_streaming_aggregator_yields_its_reply_and_same_usage(agg):
+    moa = Propose([chat("p", input_tokens=5, output_tokens=1)]) | Aggregate(agg)
+    invoked = moa.invoke("q")
+    chunks = list(moa.stream("q"))
+    total = chunks[0]
+    for c in chunks[1:]:
+        total = total + c
+    assert total.text == invoked.content
+    assert total.usage_metadata == invoked.usage_metadata
+    assert invoked.usage_metadata["input_tokens"] in (5 + 21, 5 + 9)
+
+
+@pytest.mark.parametrize("agg", _non_streaming_aggregators(), ids=["client", "lambda"])
+async def test_astream_with_a_non_streaming_aggregator(agg):
+    moa = Propose([chat("p", input_tokens=5, output_tokens=1)]) | Aggregate(agg)
+    invoked = await moa.ainvoke("q")
+    chunks = [c async for c in moa.astream("q")]
+    total = chunks[0]
+    for c in chunks[1:]:
+        total = total + c
+    assert total.text == invoked.content
+    assert total.usage_metadata == invoked.usage_metadata

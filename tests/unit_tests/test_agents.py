@@ -76,19 +76,19 @@ def test_api_key_from_environment(monkeypatch):
     assert "api.groq.com" in str(model.openai_api_base)
 
 
-def test_bare_name_without_client_gives_a_clear_error():
+def test_bare_name_without_a_function_gives_a_clear_error():
     step = Propose(["gpt-4o"])  # may get a client from run(..., client=) later
     with pytest.raises(ConfigurationError, match="'gpt-4o' has no provider.*client="):
         step.invoke("q")
 
 
-def test_unknown_provider_without_client_names_it_at_run_time():
+def test_unknown_provider_without_a_function_names_it_at_run_time():
     step = Propose(["nosuch/model-x"])
     with pytest.raises(ConfigurationError, match="unknown provider 'nosuch'.*client"):
         step.invoke("q")
 
 
-def test_local_model_string_is_not_started_at_construction():
+def test_bundled_model_string_is_not_started_at_construction():
     # local/... models are started on first call, never at construction
     step = Propose(["local/qwen2.5-coder-0.5b"])
     assert step.agents[0]._runnable is None
@@ -142,7 +142,7 @@ def test_runnable_returning_a_string_is_a_recorded_failure_with_a_clear_error():
 # -- mixture-llm client functions --------------------------------------------------
 
 
-async def test_client_function_as_an_agent():
+async def test_mixture_llm_function_as_an_agent():
     client = ClientLog()
     out = await (Propose([client], temp=0.3, max_tokens=99) | Aggregate(chat("final"))).ainvoke(
         [SystemMessage("be brief"), HumanMessage("hi")]
@@ -157,7 +157,7 @@ async def test_client_function_as_an_agent():
     assert out.usage_metadata["input_tokens"] == 12 + 10
 
 
-def test_sync_client_function_and_sync_invoke():
+def test_sync_mixture_llm_function_and_sync_invoke():
     calls = []
 
     def client(model, messages, temp, max_tokens):
@@ -172,7 +172,7 @@ def test_sync_client_function_and_sync_invoke():
     assert state.calls[0].input_tokens == 1 and state.calls[0].output_tokens == 2
 
 
-async def test_step_client_serves_bare_names():
+async def test_step_function_serves_bare_names():
     client = ClientLog()
     out = await (
         Propose(["gpt-4o", "claude-sonnet"], client=client) | Aggregate("gpt-4o", client=client)
@@ -182,7 +182,7 @@ async def test_step_client_serves_bare_names():
     assert "1. gpt-4o answers\n\n2. claude-sonnet answers" in client.calls[-1][1][0]["content"]
 
 
-async def test_run_with_client_serves_bare_and_slashed_names(monkeypatch):
+async def test_run_with_a_function_serves_bare_and_slashed_names(monkeypatch):
     """mixture-llm's OpenRouter example passes ids like "qwen/qwen-2.5-72b-instruct"."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     client = ClientLog()
@@ -202,7 +202,7 @@ async def test_run_with_client_serves_bare_and_slashed_names(monkeypatch):
     assert [s["step"] for s in history] == ["Propose", "Aggregate"]
 
 
-async def test_run_client_wins_over_a_provider_model_string(monkeypatch):
+async def test_run_function_wins_over_a_provider_model_string(monkeypatch):
     """run(..., client=) serves every model string, even one with a known provider."""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-never-used")
     client = ClientLog()
@@ -211,12 +211,12 @@ async def test_run_client_wins_over_a_provider_model_string(monkeypatch):
     assert len(client.calls) == 2
 
 
-async def test_run_without_client_and_bare_names_raises():
+async def test_run_without_a_function_and_bare_names_raises():
     with pytest.raises(ConfigurationError, match="has no provider"):
         await run([Propose(["gpt-4o"]), Aggregate("gpt-4o")], "q")
 
 
-async def test_client_errors_and_empty_replies_are_recorded():
+async def test_function_errors_and_empty_replies_are_recorded():
     async def flaky(model, messages, temp, max_tokens):
         if model == "bad":
             raise TimeoutError("upstream timeout")
@@ -231,7 +231,7 @@ async def test_client_errors_and_empty_replies_are_recorded():
     assert "EmptyResponseError" in errors["empty"]
 
 
-def test_client_chat_model_directly():
+def test_wrapper_chat_model_directly():
     client = ClientLog()
     model = ClientChatModel(client=client, model="m")
     reply = model.invoke("hi", temperature=0.1, max_tokens=5)
@@ -245,7 +245,7 @@ def test_client_chat_model_directly():
     assert client.calls[2][2:] == (0.7, 2048)
 
 
-async def test_client_sync_call_from_inside_a_running_loop():
+async def test_sync_call_of_an_async_function_inside_a_running_loop():
     client = ClientLog()
     # sync invoke while an event loop runs in this thread
     assert Propose(["x"], client=client).invoke("q").texts == ["x answers"]

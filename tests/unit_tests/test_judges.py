@@ -204,7 +204,7 @@ def test_vote_prompt_override_with_braces_and_json_hint_kept():
     assert ask.content == JSON_VOTE_INSTRUCTION
 
 
-def test_judges_default_to_temperature_zero_and_accept_temp():
+def test_judges_use_temperature_zero_unless_given_and_accept_temp():
     j1, j2 = chat('{"choice": 1}'), chat('{"ranking": [1]}')
     (Propose(proposers()) | Vote(j1)).invoke("q")
     (Propose(proposers()) | Rank(j2, n=1, temp=0.4, max_tokens=64)).invoke("q")

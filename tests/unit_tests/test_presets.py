@@ -115,7 +115,7 @@ def test_presets_bound_concurrency():
     assert gauge.total == 6 and gauge.peak == 2
 
 
-async def test_presets_with_a_client_function_and_bare_names():
+async def test_presets_with_a_mixture_llm_function_and_bare_names():
     calls = []
 
     async def client(model, messages, temp, max_tokens):
@@ -127,7 +127,7 @@ async def test_presets_with_a_client_function_and_bare_names():
     assert calls[:2] == ["m1", "m2"] and calls[-1] == "judge" and len(calls) == 5
 
 
-def test_default_agents_are_the_papers_six_proposers(monkeypatch):
+def test_unset_agents_are_the_papers_six_proposers(monkeypatch):
     monkeypatch.setenv("TOGETHER_API_KEY", "test-key")
     moa = together_moa()
     steps = moa.bound.steps

@@ -282,7 +282,7 @@ def test_temperature_and_max_tokens_reach_the_model():
     assert a.kwargs()["temperature"] == 0.0 and a.kwargs()["max_tokens"] == 99
 
 
-def test_defaults_are_the_papers_temperature_and_budget():
+def test_unset_sampling_is_the_papers_temperature_and_budget():
     p = chat("p")
     Propose([p]).invoke("q")
     assert p.kwargs() == {"temperature": 0.7, "max_tokens": 2048}
@@ -501,7 +501,7 @@ def _non_streaming_aggregators():
     return [client, RunnableLambda(lam, name="lam")]
 
 
-@pytest.mark.parametrize("agg", _non_streaming_aggregators(), ids=["client", "lambda"])
+@pytest.mark.parametrize("agg", _non_streaming_aggregators(), ids=["mixture_fn", "lambda"])
 def test_stream_with_a_non_streaming_aggregator_yields_its_reply_and_same_usage(agg):
     moa = Propose([chat("p", input_tokens=5, output_tokens=1)]) | Aggregate(agg)
     invoked = moa.invoke("q")
@@ -514,7 +514,7 @@ def test_stream_with_a_non_streaming_aggregator_yields_its_reply_and_same_usage(
     assert invoked.usage_metadata["input_tokens"] in (5 + 21, 5 + 9)
 
 
-@pytest.mark.parametrize("agg", _non_streaming_aggregators(), ids=["client", "lambda"])
+@pytest.mark.parametrize("agg", _non_streaming_aggregators(), ids=["mixture_fn", "lambda"])
 async def test_astream_with_a_non_streaming_aggregator(agg):
     moa = Propose([chat("p", input_tokens=5, output_tokens=1)]) | Aggregate(agg)
     invoked = await moa.ainvoke("q")

@@ -89,14 +89,14 @@ def together_moa(
         client: mixture-llm client serving string agents.
         max_concurrency: bound on simultaneous calls within a layer.
     """
-    proposers = list(proposers or PAPER_PROPOSERS)
+    proposers = list(PAPER_PROPOSERS if proposers is None else proposers)
     refs, agg = _sampling(
         temperature, reference_max_tokens, aggregator_max_tokens, client, max_concurrency
     )
     return (
         Propose(proposers, **refs)
         | Synthesize(proposers, **refs)
-        | Aggregate(aggregator or TOGETHER_MOA_AGGREGATOR, **agg)
+        | Aggregate(TOGETHER_MOA_AGGREGATOR if aggregator is None else aggregator, **agg)
     ).with_config(run_name="together_moa")
 
 
@@ -114,12 +114,12 @@ def moa_lite(
 
     Arguments as for :func:`together_moa`.
     """
-    proposers = list(proposers or PAPER_PROPOSERS)
+    proposers = list(PAPER_PROPOSERS if proposers is None else proposers)
     refs, agg = _sampling(
         temperature, reference_max_tokens, aggregator_max_tokens, client, max_concurrency
     )
     return (
-        Propose(proposers, **refs) | Aggregate(aggregator or MOA_LITE_AGGREGATOR, **agg)
+        Propose(proposers, **refs) | Aggregate(MOA_LITE_AGGREGATOR if aggregator is None else aggregator, **agg)
     ).with_config(run_name="moa_lite")
 
 
@@ -147,7 +147,7 @@ def self_moa(
         temperature, reference_max_tokens, aggregator_max_tokens, client, max_concurrency
     )
     return (
-        Propose([model] * k, **refs) | Aggregate(aggregator or model, **agg)
+        Propose([model] * k, **refs) | Aggregate(model if aggregator is None else aggregator, **agg)
     ).with_config(run_name="self_moa")
 
 

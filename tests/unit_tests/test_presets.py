@@ -143,3 +143,9 @@ def test_presets_are_named_runs():
     assert moa_lite(six(), chat("a")).config["run_name"] == "moa_lite"
     assert self_moa(chat("x")).config["run_name"] == "self_moa"
     assert robust_moa(six(), chat("a")).config["run_name"] == "robust_moa"
+
+
+@pytest.mark.parametrize("preset", [together_moa, moa_lite, robust_moa])
+def test_an_empty_proposer_list_raises_instead_of_using_the_paper_models(preset):
+    with pytest.raises(ConfigurationError, match="proposers|agents must be a non-empty list"):
+        preset([], chat("agg"))

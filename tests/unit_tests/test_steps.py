@@ -524,3 +524,8 @@ async def test_astream_with_a_non_streaming_aggregator(agg):
         total = total + c
     assert total.text == invoked.content
     assert total.usage_metadata == invoked.usage_metadata
+
+
+def test_degrade_with_nothing_earlier_to_keep_still_raises():
+    with pytest.raises(LayerFailedError, match="boom"):
+        Propose([chat(RuntimeError("boom"))], degrade=True).invoke("q")

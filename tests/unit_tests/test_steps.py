@@ -233,19 +233,23 @@ async def test_astream_yields_the_aggregator_tokens_and_usage_matches_ainvoke():
 
 
 def test_stream_tokens_arrive_before_the_aggregator_finishes():
-    """The first token is yielded while the aggregator is still producing."""
-    seen = []
+    """The first token reaches the caller while the aggregator is still streaming."""
+    from tests.unit_tests.moa_fakes import ScriptedChat
 
-    def reply(msgs):
-        return "one two three four"
+    class Tracked(ScriptedChat):
+        finished: list = []
 
-    agg = chat(reply, name="agg")
-    moa = Propose([chat("p")]) | Aggregate(agg)
-    stream = moa.stream("q")
+        def _stream(self, *args, **kwargs):
+            yield from super()._stream(*args, **kwargs)
+            self.finished.append(True)
+
+    agg = Tracked(replies=["one two three four"], finished=[])
+    stream = (Propose([chat("p")]) | Aggregate(agg)).stream("q")
     first = next(stream)
-    seen.append(first.text)
     assert first.text == "one"
+    assert agg.finished == []  # the aggregator has not finished yet
     rest = list(stream)
+    assert agg.finished == [True]
     assert "".join([first.text, *(c.text for c in rest)]) == "one two three four"
 
 

@@ -119,7 +119,8 @@ def moa_lite(
         temperature, reference_max_tokens, aggregator_max_tokens, client, max_concurrency
     )
     return (
-        Propose(proposers, **refs) | Aggregate(MOA_LITE_AGGREGATOR if aggregator is None else aggregator, **agg)
+        Propose(proposers, **refs)
+        | Aggregate(MOA_LITE_AGGREGATOR if aggregator is None else aggregator, **agg)
     ).with_config(run_name="moa_lite")
 
 

@@ -126,7 +126,8 @@ def test_runnable_lambda_returning_ai_message_is_an_agent():
 
 def test_runnable_chain_ending_in_a_chat_model_is_an_agent():
     model = chat(lambda msgs: "saw " + msgs[-1].content)
-    chain = RunnableLambda(lambda msgs: [*msgs[:-1], HumanMessage(msgs[-1].content.upper())]) | model
+    shout = RunnableLambda(lambda msgs: [*msgs[:-1], HumanMessage(msgs[-1].content.upper())])
+    chain = shout | model
     assert Propose([chain]).invoke("hello").texts == ["saw HELLO"]
 
 

@@ -156,7 +156,8 @@ def test_refine_improves_each_candidate_individually_round_robin():
 
 def test_refine_failed_refinement_keeps_original_and_records_the_failure():
     refiner = chat("fixed", RuntimeError("boom"), name="r")
-    state = (Propose([chat("a"), chat("b")], max_concurrency=1) | Refine([refiner], max_concurrency=1)).invoke("q")
+    moa = Propose([chat("a"), chat("b")]) | Refine([refiner], max_concurrency=1)
+    state = moa.invoke("q")
     assert state.texts == ["fixed", "b"]
     assert state.candidates[1].step == "Propose"  # the original, with its provenance
     failed = [c for c in state.calls if not c.ok]
@@ -340,7 +341,7 @@ def test_non_agent_raises():
 
 def test_max_concurrency_bounds_sync_calls():
     gauge = Gauge()
-    agents = [chat(f"r{i}", delay=0.05, gauge=gauge) for i in range(6)]
+    agents = [chat(f"r{i}", delay=0.1, gauge=gauge) for i in range(6)]
     state = Propose(agents, max_concurrency=2).invoke("q")
     assert len(state.candidates) == 6
     assert gauge.total == 6
@@ -349,14 +350,14 @@ def test_max_concurrency_bounds_sync_calls():
 
 def test_without_bound_sync_calls_run_in_parallel():
     gauge = Gauge()
-    agents = [chat(f"r{i}", delay=0.1, gauge=gauge) for i in range(4)]
+    agents = [chat(f"r{i}", delay=0.3, gauge=gauge) for i in range(4)]
     Propose(agents).invoke("q")
     assert gauge.peak == 4
 
 
 async def test_max_concurrency_bounds_async_calls():
     gauge = Gauge()
-    agents = [chat(f"r{i}", delay=0.05, gauge=gauge) for i in range(6)]
+    agents = [chat(f"r{i}", delay=0.1, gauge=gauge) for i in range(6)]
     state = await Propose(agents, max_concurrency=2).ainvoke("q")
     assert len(state.candidates) == 6
     assert gauge.total == 6
@@ -365,7 +366,7 @@ async def test_max_concurrency_bounds_async_calls():
 
 async def test_without_bound_async_calls_run_concurrently():
     gauge = Gauge()
-    agents = [chat(f"r{i}", delay=0.05, gauge=gauge) for i in range(5)]
+    agents = [chat(f"r{i}", delay=0.2, gauge=gauge) for i in range(5)]
     await Propose(agents).ainvoke("q")
     assert gauge.peak == 5
 

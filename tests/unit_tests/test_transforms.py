@@ -8,11 +8,11 @@ from langchain_core.messages import HumanMessage
 
 from langchain_moa import (
     Aggregate,
+    AggregatorError,
     ConfigurationError,
     Dropout,
     Filter,
     LayerFailedError,
-    AggregatorError,
     Map,
     MoAState,
     Propose,

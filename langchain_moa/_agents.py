@@ -67,6 +67,11 @@ class Agent:
         self._lock = threading.Lock()
         self.structured_output_failed = False
         """Set by Rank / Vote when the agent's native structured output failed once."""
+        if isinstance(spec, type):
+            raise ConfigurationError(
+                f"agent {spec.__name__} is a class; pass an instance, e.g. "
+                f"{spec.__name__}(model=...)"
+            )
         if isinstance(spec, Runnable):
             self._runnable = spec
         elif isinstance(spec, str):

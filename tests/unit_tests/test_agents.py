@@ -255,3 +255,11 @@ async def test_sync_call_of_an_async_function_inside_a_running_loop():
 def test_single_agent_forms_are_accepted_as_a_list_of_one():
     assert len(Propose(chat("x")).agents) == 1
     assert len(Propose("ollama/llama3").agents) == 1
+
+
+@pytest.mark.parametrize("cls", [ClientChatModel, RunnableLambda, Propose])
+def test_a_class_as_agent_raises_at_construction(cls):
+    with pytest.raises(ConfigurationError, match=f"agent {cls.__name__} is a class"):
+        Propose([chat("ok"), cls])
+    with pytest.raises(ConfigurationError, match=f"agent {cls.__name__} is a class"):
+        Aggregate(cls)

@@ -63,9 +63,14 @@ Every request is recorded as a :class:`RequestRecord` (arrival and end times on
 in the process so order *across* servers is checkable, headers, parsed body,
 model, what was sent back). Read it with :attr:`FaultServer.requests`.
 
-Pytest fixtures (import them into a test module)::
+Pytest fixtures: make them module attributes of a test module (pytest finds
+fixtures there; a plain ``from ... import fault_server`` works too but trips
+ruff's F811 on every test that takes the fixture)::
 
-    from tests.fault_server import Fault, fault_server, fault_server_factory  # noqa: F401
+    from tests import fault_server as _fs
+
+    fault_server = _fs.fault_server
+    fault_server_factory = _fs.fault_server_factory
 
 ``fault_server`` is one started server; ``fault_server_factory(name)`` starts more
 (all stopped at the end of the test).
@@ -906,7 +911,8 @@ class _Handler(BaseHTTPRequestHandler):
             full = json.dumps({"id": "chatcmpl-cut", "object": "chat.completion",
                                "choices": [{"index": 0, "message": {
                                    "role": "assistant", "content": fault.text or ""}}]})
-            sent = b"" if fault.kind == "cut_before_first_token" else full[: len(full) // 2].encode()
+            half = full[: len(full) // 2].encode()
+            sent = b"" if fault.kind == "cut_before_first_token" else half
             self._send_head(200, {"Content-Type": "application/json",
                                   "Content-Length": str(len(full))})
             self._write(sent)

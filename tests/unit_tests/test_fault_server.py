@@ -14,13 +14,12 @@ import time
 import httpx
 import pytest
 
-from tests.fault_server import (  # noqa: F401 - fixtures
-    Fault,
-    FaultServer,
-    estimate_prompt_tokens,
-    fault_server,
-    fault_server_factory,
-)
+from tests import fault_server as _fs
+from tests.fault_server import Fault, FaultServer, estimate_prompt_tokens
+
+# the pytest fixtures (module attributes, so pytest finds them here)
+fault_server = _fs.fault_server
+fault_server_factory = _fs.fault_server_factory
 
 
 def _chat(prompt: str = "hi", **extra: object) -> dict:
@@ -239,7 +238,8 @@ def test_rpm_limit_answers_429_with_retry_after(fault_server: FaultServer) -> No
     fault_server.script(Fault.ok("after the window"))
     time.sleep(retry_ms / 1000 + 0.05)
     r = _post(fault_server, _chat())
-    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "after the window"
+    assert r.status_code == 200
+    assert r.json()["choices"][0]["message"]["content"] == "after the window"
 
 
 def test_tpm_limit_reserve_counts_max_tokens(fault_server: FaultServer) -> None:

@@ -1,0 +1,474 @@
+"""The router against real HTTP faults (issue 4, "Real HTTP fault tests").
+
+Every deployment is its own :class:`~tests.fault_server.FaultServer` on 127.0.0.1, so
+the servers' request logs show exactly which deployment saw which request, when,
+and what it answered. The assertions follow DESIGN §4's behaviour table:
+
+* no request lost: every prompt gets *its own* answer (the server echoes the prompt);
+* fallover order: with ``strategy="priority"`` the servers are tried a → b → c
+  (checked on the global sequence numbers of the servers' logs);
+* no request reaches a deployment inside its Retry-After window (log timestamps);
+* an all-cooling router waits for the earliest recovery and then succeeds;
+* permanent errors (401/403/404) fail fast with messages naming the env var / model;
+* 5xx, timeouts, dropped connections and malformed JSON fall over;
+* a stream cut before the first token falls over transparently, after it raises;
+* another 400 raises without failover; a context-length 400 falls over to a
+  deployment with a larger context window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage
+
+from langchain_moa.errors import RouterError
+from langchain_moa.router import Deployment, ProviderRouter
+from tests import fault_server as _fs
+from tests.fault_server import Fault, FaultServer
+
+# the pytest fixtures (module attributes, so pytest finds them here)
+fault_server = _fs.fault_server
+fault_server_factory = _fs.fault_server_factory
+
+TIMEOUT = 1.0  # per-attempt timeout (s) of every deployment here
+
+
+def make_router(servers: list[FaultServer], *, timeout: float = TIMEOUT,
+                deployment_kw: dict[str, dict[str, Any]] | None = None,
+                **router_kw: Any) -> ProviderRouter:
+    """A priority router over ``servers`` in the given order (names = server names)."""
+    deployment_kw = deployment_kw or {}
+    deployments = [
+        Deployment(model="llamacpp/fake", base_url=s.base_url, name=s.name, timeout=timeout,
+                   **deployment_kw.get(s.name, {}))
+        for s in servers
+    ]
+    router_kw.setdefault("strategy", "priority")
+    router_kw.setdefault("deadline", 20.0)
+    return ProviderRouter(deployments=deployments, **router_kw)
+
+
+def servers(factory, *names: str, **kw: Any) -> list[FaultServer]:
+    return [factory(n, **kw) for n in names]
+
+
+def text_of(message: Any) -> str:
+    assert isinstance(message, AIMessage), type(message)
+    return message.content if isinstance(message.content, str) else str(message.content)
+
+
+def seq_order(*srvs: FaultServer) -> list[str]:
+    """Server names of all chat requests, in global arrival order."""
+    records = sorted((r for s in srvs for r in s.chat_requests), key=lambda r: r.seq)
+    return [r.server for r in records]
+
+
+# --------------------------------------------------------------------------- failover
+
+
+def test_priority_order_and_answer_from_first_healthy(fault_server_factory) -> None:
+    a, b, c = servers(fault_server_factory, "a", "b", "c")
+    a.script(Fault.server_error())
+    b.script(Fault.unavailable())
+    router = make_router([a, b, c])
+    reply = router.invoke("question one")
+    assert text_of(reply) == "[c#1] question one"
+    assert seq_order(a, b, c) == ["a", "b", "c"]
+    assert [a.statuses(), b.statuses(), c.statuses()] == [[500], [503], [200]]
+
+
+def test_healthy_first_deployment_takes_everything(fault_server_factory) -> None:
+    a, b = servers(fault_server_factory, "a", "b")
+    router = make_router([a, b])
+    for i in range(3):
+        assert text_of(router.invoke(f"q{i}")) == f"[a#{i + 1}] q{i}"
+    assert len(b.chat_requests) == 0
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault.server_error(),
+        Fault.unavailable(),
+        Fault.status(502),
+        Fault.slow(5.0),  # past the 1 s per-attempt timeout
+        Fault.drop(),
+        Fault.malformed(),
+    ],
+    ids=["500", "503", "502", "timeout", "dropped-connection", "malformed-json"],
+)
+def test_transient_faults_fall_over(fault_server_factory, fault: Fault) -> None:
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(fault)
+    router = make_router([a, b])
+    t0 = time.monotonic()
+    reply = router.invoke("hello")
+    elapsed = time.monotonic() - t0
+    assert text_of(reply) == "[b#1] hello"
+    assert seq_order(a, b) == ["a", "b"]
+    assert len(a.chat_requests) == 1  # no retry on the same deployment first
+    # a timeout costs one per-attempt timeout, nothing else waits
+    assert elapsed < TIMEOUT + 1.5, elapsed
+
+
+async def test_async_failover(fault_server_factory) -> None:
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(Fault.drop())
+    router = make_router([a, b])
+    reply = await router.ainvoke("async hello")
+    assert text_of(reply) == "[b#1] async hello"
+    assert seq_order(a, b) == ["a", "b"]
+
+
+def test_failures_are_counted_in_stats(fault_server_factory) -> None:
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(Fault.server_error())
+    router = make_router([a, b])
+    router.invoke("x")
+    stats = router.stats()
+    sa, sb = stats["a"], stats["b"]
+    assert sa["failures"] == 1 and sa["successes"] == 0
+    assert sa["failures_by_kind"] == {"server": 1} and "500" in sa["last_error"]
+    assert sb["successes"] == 1 and sb["failures"] == 0
+    assert sb["latency_p50_s"] is not None and sb["tokens"] > 0
+
+
+
+
+# --------------------------------------------------------------------------- no request lost
+
+
+def test_batch_with_mixed_faults_loses_no_request(fault_server_factory) -> None:
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(Fault.server_error(), Fault.ok(), Fault.drop(), Fault.malformed(), Fault.ok(),
+             Fault.unavailable(), Fault.slow(5.0), Fault.ok())
+    prompts = [f"prompt-{i:02d}" for i in range(12)]
+    router = make_router([a, b])
+    replies = router.batch(prompts, config={"max_concurrency": 3})
+    _assert_each_prompt_answered_once(prompts, replies, [a, b])
+
+
+async def test_abatch_with_mixed_faults_loses_no_request(fault_server_factory) -> None:
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(Fault.drop(), Fault.ok(), Fault.server_error(), Fault.malformed(), Fault.ok())
+    b.script(Fault.unavailable())  # a request failing on both a and b must go to c
+    c = fault_server_factory("c")
+    prompts = [f"async-{i:02d}" for i in range(10)]
+    router = make_router([a, b, c])
+    replies = await router.abatch(prompts, config={"max_concurrency": 4})
+    _assert_each_prompt_answered_once(prompts, replies, [a, b, c])
+
+
+def _assert_each_prompt_answered_once(prompts: list[str], replies: list[Any],
+                                      srvs: list[FaultServer]) -> None:
+    assert len(replies) == len(prompts)
+    for prompt, reply in zip(prompts, replies, strict=True):
+        assert text_of(reply).endswith("] " + prompt), (prompt, reply)
+    # on the servers: each prompt got exactly one 200 answer
+    ok = [r.last_user_text for s in srvs for r in s.chat_requests if r.status == 200
+          and r.outcome == "ok"]
+    assert sorted(ok) == sorted(prompts)
+
+
+# --------------------------------------------------------------------------- 429 / Retry-After
+
+
+@pytest.mark.parametrize(
+    ("fault", "window"),
+    [
+        (Fault.rate_limited(retry_after=2), 2.0),
+        (Fault.rate_limited(retry_after_ms=1500), 1.5),
+        (Fault.rate_limited(retry_after_date_s=2), None),  # computed from the date header
+    ],
+    ids=["retry-after-seconds", "retry-after-ms", "retry-after-http-date"],
+)
+def test_no_request_inside_retry_after_window(fault_server_factory, fault: Fault,
+                                              window: float | None) -> None:
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(fault)
+    router = make_router([a, b])
+    assert text_of(router.invoke("first")) == "[b#1] first"
+    limited = a.chat_requests[0]
+    assert limited.status == 429
+    if window is None:
+        not_before_wall = email.utils.parsedate_to_datetime(
+            limited.response_headers["Retry-After"]).timestamp()
+    else:
+        not_before_wall = limited.wall_end + window
+    # keep sending for a while: until the window is over, only b may see requests
+    sent = 0
+    stop_at = time.time() + (not_before_wall - time.time()) + 1.5
+    while time.time() < stop_at:
+        router.invoke(f"during-{sent}")
+        sent += 1
+        time.sleep(0.1)
+    later = a.chat_requests[1:]
+    assert all(r.wall_start >= not_before_wall for r in later), [
+        round(r.wall_start - not_before_wall, 3) for r in later]
+    # ... and once the window is over, the router comes back to a (priority)
+    assert later, "deployment a never got traffic again after its Retry-After window"
+    assert all(r.status == 200 for r in later)
+    assert len(b.chat_requests) + len(later) == sent + 1
+
+
+def test_429_without_retry_after_still_cools_down(fault_server_factory) -> None:
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(Fault.rate_limited())
+    router = make_router([a, b])
+    router.invoke("one")
+    router.invoke("two")  # right after: a is cooling down (backoff), b answers
+    assert len(a.chat_requests) == 1
+    assert [r.last_user_text for r in b.chat_requests] == ["one", "two"]
+
+
+def test_all_cooling_router_waits_then_succeeds(fault_server_factory) -> None:
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(Fault.rate_limited(retry_after=1))
+    b.script(Fault.rate_limited(retry_after=3))
+    router = make_router([a, b], deadline=10.0)
+    t0 = time.monotonic()
+    reply = router.invoke("patience")
+    waited = time.monotonic() - t0
+    assert text_of(reply) == "[a#2] patience"  # a recovers first (1 s)
+    first_429_end = a.chat_requests[0].t_end
+    assert a.chat_requests[1].t_start >= first_429_end + 1.0
+    assert 1.0 <= waited < 3.0, waited  # waited for a, not for b's 3 s
+    assert len(b.chat_requests) == 1
+
+
+def test_all_cooling_past_deadline_raises(fault_server_factory) -> None:
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(Fault.rate_limited(retry_after=30))
+    b.script(Fault.rate_limited(retry_after=30))
+    router = make_router([a, b], deadline=1.0)
+    t0 = time.monotonic()
+    with pytest.raises(RouterError) as info:
+        router.invoke("too late")
+    assert time.monotonic() - t0 < 2.5
+    assert "a" in str(info.value) and "b" in str(info.value)
+    assert len(a.chat_requests) == 1 and len(b.chat_requests) == 1
+
+
+# --------------------------------------------------------------------------- permanent errors
+
+
+def test_401_disables_and_names_the_env_var(fault_server_factory, monkeypatch) -> None:
+    monkeypatch.setenv("GROQ_API_KEY", "gsk-wrong")
+    a, b = servers(fault_server_factory, "a", "b")
+    a.set_default(Fault.unauthorized())
+    deployments = [
+        Deployment(model="groq/fake", base_url=a.base_url, name="a", timeout=TIMEOUT),
+        Deployment(model="llamacpp/fake", base_url=b.base_url, name="b", timeout=TIMEOUT),
+    ]
+    router = ProviderRouter(deployments=deployments, strategy="priority", deadline=10.0)
+    for i in range(4):
+        assert text_of(router.invoke(f"k{i}")) == f"[b#{i + 1}] k{i}"
+    assert len(a.chat_requests) == 1  # disabled after the first 401, never asked again
+    stats = router.stats()["a"]
+    assert stats["state"] == "disabled"
+    assert "GROQ_API_KEY" in stats["state_reason"] and "401" in stats["state_reason"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "needle"),
+    [(Fault.unauthorized(), "GROQ_API_KEY"), (Fault.forbidden(), "GROQ_API_KEY"),
+     (Fault.model_not_found("fake"), "fake")],
+    ids=["401", "403", "404"],
+)
+def test_permanent_error_alone_fails_fast_with_clear_message(
+    fault_server: FaultServer, monkeypatch, fault: Fault, needle: str
+) -> None:
+    monkeypatch.setenv("GROQ_API_KEY", "gsk-wrong")
+    fault_server.set_default(fault)
+    router = ProviderRouter(
+        deployments=[Deployment(model="groq/fake", base_url=fault_server.base_url,
+                                name="only", timeout=TIMEOUT)],
+        strategy="priority", deadline=10.0)
+    t0 = time.monotonic()
+    with pytest.raises(RouterError) as info:
+        router.invoke("x")
+    assert time.monotonic() - t0 < 1.0  # no waiting on a permanent error
+    assert needle in str(info.value)
+    assert len(fault_server.chat_requests) == 1  # no retries
+    with pytest.raises(RouterError):  # still disabled: the server is not asked again
+        router.invoke("y")
+    assert len(fault_server.chat_requests) == 1
+
+
+def test_404_model_not_found_falls_over(fault_server_factory) -> None:
+    a, b = servers(fault_server_factory, "a", "b")
+    a.set_default(Fault.model_not_found("fake"))
+    router = make_router([a, b])
+    assert text_of(router.invoke("m1")) == "[b#1] m1"
+    assert text_of(router.invoke("m2")) == "[b#2] m2"
+    assert len(a.chat_requests) == 1
+
+
+# --------------------------------------------------------------------------- 400s
+
+
+def test_other_400_raises_without_failover(fault_server_factory) -> None:
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(Fault.bad_request())
+    router = make_router([a, b])
+    with pytest.raises(Exception, match="temperature") as info:
+        router.invoke("bad")
+    assert not isinstance(info.value, AssertionError)
+    assert len(b.chat_requests) == 0
+    assert len(a.chat_requests) == 1
+
+
+def test_context_length_400_falls_over_to_larger_context(fault_server_factory) -> None:
+    small = fault_server_factory("small")
+    big = fault_server_factory("big")
+    small.script(Fault.context_length_exceeded(4096, 5000))
+    router = make_router([small, big], deployment_kw={
+        "small": {"context_window": 4096}, "big": {"context_window": 32768}})
+    assert text_of(router.invoke("long")) == "[big#1] long"
+    assert seq_order(small, big) == ["small", "big"]
+
+
+def test_context_length_400_without_larger_deployment_raises(fault_server_factory) -> None:
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(Fault.context_length_exceeded(4096, 5000))
+    router = make_router([a, b], deployment_kw={
+        "a": {"context_window": 4096}, "b": {"context_window": 4096}})
+    with pytest.raises(Exception, match="context length") as info:
+        router.invoke("long")
+    assert not isinstance(info.value, AssertionError)
+    assert len(b.chat_requests) == 0  # same window: trying b cannot help
+
+
+def test_server_enforced_context_window_falls_over(fault_server_factory) -> None:
+    """The small server itself rejects the request (a real 400 from its window); the
+    router did not know the small window, so it learns it from the error."""
+    small = fault_server_factory("small", context_window=64)
+    big = fault_server_factory("big", context_window=100_000)
+    router = make_router([small, big], deployment_kw={"big": {"context_window": 100_000}})
+    prompt = "tell me " + "more " * 100
+    reply = router.invoke(prompt, max_tokens=8)
+    assert text_of(reply).startswith("[big#1] tell me more")
+    assert [(r.status, r.outcome) for r in small.chat_requests] == [(400, "context_window")]
+    # a short request still goes to the first deployment
+    assert text_of(router.invoke("short", max_tokens=8)) == "[small#2] short"
+
+
+def test_declared_context_window_skips_small_deployment(fault_server_factory) -> None:
+    small = fault_server_factory("small", context_window=64)
+    big = fault_server_factory("big", context_window=100_000)
+    router = make_router([small, big], deployment_kw={
+        "small": {"context_window": 64}, "big": {"context_window": 100_000}})
+    reply = router.invoke("tell me " + "more " * 100, max_tokens=8)
+    assert text_of(reply).startswith("[big#1]")
+    assert small.chat_requests == []  # skipped by its declared window, never sent
+    decision = reply.response_metadata["router"]
+    skipped = [c for c in decision["candidates"] if c["deployment"] == "small"]
+    assert skipped and "context_window 64" in skipped[0]["skipped"], decision["candidates"]
+
+
+# --------------------------------------------------------------------------- streams
+
+
+def _collect(chunks) -> str:
+    return "".join(c.content for c in chunks)
+
+
+@pytest.mark.parametrize("role_chunk", [True, False], ids=["after-role-chunk", "no-bytes"])
+def test_stream_cut_before_first_token_falls_over(fault_server_factory, role_chunk) -> None:
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(Fault.stream_cut_before_first_token(role_chunk=role_chunk))
+    router = make_router([a, b])
+    chunks = list(router.stream("stream me"))
+    assert _collect(chunks) == "[b#1] stream me"
+    assert seq_order(a, b) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "fault", [Fault.server_error(), Fault.rate_limited(retry_after=5), Fault.drop()],
+    ids=["500", "429", "drop"])
+def test_stream_error_before_start_falls_over(fault_server_factory, fault) -> None:
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(fault)
+    router = make_router([a, b])
+    assert _collect(router.stream("s")) == "[b#1] s"
+
+
+def test_stream_cut_after_first_token_raises(fault_server_factory) -> None:
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(Fault.stream_cut_after_first_token("Partial"))
+    router = make_router([a, b])
+    got: list[str] = []
+    with pytest.raises(Exception) as info:  # noqa: B017 - the class is the router's choice
+        for chunk in router.stream("cut"):
+            got.append(chunk.content)
+    assert not isinstance(info.value, AssertionError)
+    assert "".join(got) == "Partial"  # what was streamed stays streamed ...
+    assert len(b.chat_requests) == 0  # ... and is not silently restarted elsewhere
+
+
+async def test_astream_cut_before_first_token_falls_over(fault_server_factory) -> None:
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(Fault.stream_cut_before_first_token())
+    router = make_router([a, b])
+    chunks = [c async for c in router.astream("async stream")]
+    assert _collect(chunks) == "[b#1] async stream"
+
+
+async def test_astream_cut_after_first_token_raises(fault_server_factory) -> None:
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(Fault.stream_cut_after_first_token("Partial"))
+    router = make_router([a, b])
+    got: list[str] = []
+    with pytest.raises(Exception) as info:  # noqa: B017
+        async for chunk in router.astream("cut"):
+            got.append(chunk.content)
+    assert not isinstance(info.value, AssertionError)
+    assert "".join(got) == "Partial"
+    assert len(b.chat_requests) == 0
+
+
+def test_stream_usage_counted_once(fault_server_factory) -> None:
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(Fault.stream_cut_before_first_token())
+    b.script(Fault.ok("one two three", prompt_tokens=11))
+    router = make_router([a, b])
+    chunks = list(router.stream("u"))
+    usage = [c.usage_metadata for c in chunks if c.usage_metadata]
+    assert len(usage) == 1
+    assert usage[0]["input_tokens"] == 11 and usage[0]["output_tokens"] == 3
+
+
+# --------------------------------------------------------------------------- breaker
+
+
+def test_circuit_breaker_stops_sending_to_a_failing_deployment(fault_server_factory) -> None:
+    a, b = servers(fault_server_factory, "a", "b")
+    a.set_default(Fault.server_error())
+    router = make_router([a, b])
+    for i in range(10):
+        assert text_of(router.invoke(f"c{i}")) == f"[b#{i + 1}] c{i}"
+    # a keeps failing: after its failure threshold it must stop being tried
+    assert len(a.chat_requests) < 10
+
+
+async def test_concurrent_requests_during_cooldown_all_succeed(fault_server_factory) -> None:
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(Fault.rate_limited(retry_after=2))
+    router = make_router([a, b])
+    first = await router.ainvoke("g-first")  # a answers 429: the router now knows
+    assert text_of(first) == "[b#1] g-first"
+    limited = a.chat_requests[0]
+    assert limited.status == 429
+    replies = await asyncio.gather(*(router.ainvoke(f"g{i}") for i in range(8)))
+    assert sorted(text_of(r).split("] ")[1] for r in replies) == sorted(
+        f"g{i}" for i in range(8))
+    assert len(a.chat_requests) == 1  # all 8 concurrent requests went to b
+    await asyncio.sleep(max(0.0, limited.t_end + 2.05 - time.monotonic()))
+    again = await asyncio.gather(*(router.ainvoke(f"h{i}") for i in range(3)))
+    assert all(text_of(r).startswith("[a#") for r in again)  # a is back after 2 s
+    assert all(r.t_start >= limited.t_end + 2.0 for r in a.chat_requests[1:])

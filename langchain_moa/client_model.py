@@ -67,6 +67,11 @@ class ClientChatModel(BaseChatModel):
         return (self.model, convert_to_openai_messages(messages), temp, max_tokens)
 
     def _result(self, reply: tuple[str, int, int]) -> ChatResult:
+        if not isinstance(reply, (tuple, list)) or len(reply) != 3:
+            raise TypeError(
+                f"the client function must return (text, input_tokens, output_tokens), "
+                f"got {type(reply).__name__}: {reply!r:.100}"
+            )
         text, input_tokens, output_tokens = reply
         usage = UsageMetadata(
             input_tokens=int(input_tokens),

@@ -263,3 +263,13 @@ def test_a_class_as_agent_raises_at_construction(cls):
         Propose([chat("ok"), cls])
     with pytest.raises(ConfigurationError, match=f"agent {cls.__name__} is a class"):
         Aggregate(cls)
+
+
+def test_a_function_returning_the_wrong_shape_is_a_clear_recorded_error():
+    async def just_text(model, messages, temp, max_tokens):
+        return "only text"
+
+    with pytest.raises(LayerFailedError) as info:
+        Propose(["m"], client=just_text).invoke("q")
+    [(_, error)] = info.value.errors
+    assert error.startswith("TypeError: the client function must return (text, input_tokens")

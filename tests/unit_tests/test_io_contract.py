@@ -216,3 +216,17 @@ def test_state_can_be_passed_back_in():
     out = Aggregate(agg).invoke(first)
     assert out.content == "merged"
     assert out.response_metadata["moa"]["calls"] == 3
+
+
+def test_usage_includes_judge_and_refine_calls():
+    from langchain_moa import Rank
+
+    props = [chat("a", input_tokens=1, output_tokens=1), chat("b", input_tokens=2, output_tokens=1)]
+    judge = chat('{"ranking": [2, 1]}', input_tokens=30, output_tokens=4)
+    refiner = chat("b+", input_tokens=50, output_tokens=6)
+    agg = chat("end", input_tokens=70, output_tokens=8)
+    out = (Propose(props) | Rank(judge, n=1) | Refine([refiner]) | Aggregate(agg)).invoke("q")
+    assert out.usage_metadata["input_tokens"] == 1 + 2 + 30 + 50 + 70
+    assert out.usage_metadata["output_tokens"] == 1 + 1 + 4 + 6 + 8
+    assert out.response_metadata["moa"]["calls"] == 5
+    assert agg.received()[0].content.endswith("Responses from models:\n\n1. b+")

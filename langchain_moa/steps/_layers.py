@@ -96,12 +96,14 @@ class _LayerStep(LLMStep):
         state = report.state
         calls = [*state.calls, *report.calls]
         succeeded = [r for r in results if r.ok]
-        if len(succeeded) < self.min_success:
+        # Refine makes one call per candidate, which may be fewer than min_success.
+        needed = min(self.min_success, len(results))
+        if len(succeeded) < needed:
             if self.degrade and state.candidates:
                 # Keep the previous layer's candidates; the failures stay in `calls`.
                 return state.model_copy(update={"calls": calls})
             failures = [(r.record.model, r.record.error) for r in results if not r.ok]
-            raise LayerFailedError(type(self).__name__, failures, self.min_success)
+            raise LayerFailedError(type(self).__name__, failures, needed)
         index = {id(record): len(state.calls) + i for i, record in enumerate(report.calls)}
         candidates = self._candidates(state, results, index)
         return MoAState(messages=state.messages, candidates=candidates, calls=calls, layer=layer)

@@ -534,3 +534,12 @@ async def test_astream_with_a_non_streaming_aggregator(agg):
 def test_degrade_with_nothing_earlier_to_keep_still_raises():
     with pytest.raises(LayerFailedError, match="boom"):
         Propose([chat(RuntimeError("boom"))], degrade=True).invoke("q")
+
+
+def test_refine_quorum_is_capped_at_the_number_of_candidates():
+    refiners = [chat("r0"), chat("r1"), chat("r2")]
+    moa = Propose([chat("a"), chat("b")]) | Refine(refiners, min_success=3)
+    assert moa.invoke("q").texts == ["r0", "r1"]
+    failing = [chat("r0"), chat(RuntimeError("r1 down")), chat("r2")]
+    with pytest.raises(LayerFailedError, match="fewer than 2.*r1 down"):
+        (Propose([chat("a"), chat("b")]) | Refine(failing, min_success=3)).invoke("q")

@@ -737,6 +737,15 @@ class ProviderRouter(BaseChatModel):
             kw = {**getattr(bound, "kwargs", {}), **kw}
         return llm, kw
 
+    def _prepare_or_fail(self, req: _Request, d: Deployment) -> tuple[BaseChatModel, dict[str, Any]]:
+        """Build the client *before* taking the limits, so that admission time is send
+        time (building a client takes long enough on first use to bunch paced requests)."""
+        try:
+            return self._prepare(req, d)
+        except BaseException as e:  # noqa: BLE001 - e.g. MissingAPIKeyError
+            self._on_error(req, d, e, 0.0, probe=False)
+            raise
+
     def _on_error(
         self, req: _Request, d: Deployment, exc: BaseException, latency: float, probe: bool, after_first: bool = False
     ) -> None:
@@ -859,10 +868,10 @@ class ProviderRouter(BaseChatModel):
             raise _Failover(str(d.name), "no retry needed")
         if delay:
             time.sleep(delay)
+        llm, kw = self._prepare_or_fail(req, d)
         lease, probe = self._gate(req, d)
         t0 = time.monotonic()
         try:
-            llm, kw = self._prepare(req, d)
             result = _run_with_timeout(
                 lambda: llm._generate(messages, stop=req.stop, **kw), self._attempt_timeout(req, d)
             )
@@ -881,10 +890,10 @@ class ProviderRouter(BaseChatModel):
             raise _Failover(str(d.name), "no retry needed")
         if delay:
             await asyncio.sleep(delay)
+        llm, kw = self._prepare_or_fail(req, d)
         lease, probe = self._gate(req, d)
         t0 = time.monotonic()
         try:
-            llm, kw = self._prepare(req, d)
             timeout = self._attempt_timeout(req, d)
             result = await asyncio.wait_for(llm._agenerate(messages, stop=req.stop, **kw), timeout)
         except BaseException as e:  # noqa: BLE001
@@ -930,12 +939,12 @@ class ProviderRouter(BaseChatModel):
             raise _Failover(str(d.name), "no retry needed")
         if delay:
             time.sleep(delay)
+        llm, kw = self._prepare_or_fail(req, d)
         lease, probe = self._gate(req, d)
         t0 = time.monotonic()
         buffered: list[ChatGenerationChunk] = []
         ended = False
         try:
-            llm, kw = self._prepare(req, d)
             timeout = self._attempt_timeout(req, d)
             it = iter(self._inner_stream(llm, messages, req.stop, kw))
             while True:  # until the first token, failures fall over
@@ -976,13 +985,13 @@ class ProviderRouter(BaseChatModel):
             raise _Failover(str(d.name), "no retry needed")
         if delay:
             await asyncio.sleep(delay)
+        llm, kw = self._prepare_or_fail(req, d)
         lease, probe = self._gate(req, d)
         t0 = time.monotonic()
         buffered: list[ChatGenerationChunk] = []
         ended = False
         it: AsyncIterator[ChatGenerationChunk] | None = None
         try:
-            llm, kw = self._prepare(req, d)
             timeout = self._attempt_timeout(req, d)
             it = self._ainner_stream(llm, messages, req.stop, kw).__aiter__()
             while True:

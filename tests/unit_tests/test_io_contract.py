@@ -230,3 +230,24 @@ def test_usage_includes_judge_and_refine_calls():
     assert out.usage_metadata["output_tokens"] == 1 + 1 + 4 + 6 + 8
     assert out.response_metadata["moa"]["calls"] == 5
     assert agg.received()[0].content.endswith("Responses from models:\n\n1. b+")
+
+
+def test_langchain_fake_models_with_usage_as_agents():
+    from langchain_core.language_models.fake_chat_models import (
+        FakeMessagesListChatModel,
+        GenericFakeChatModel,
+    )
+
+    def reply(text, n_in, n_out):
+        return AIMessage(
+            content=text,
+            usage_metadata={"input_tokens": n_in, "output_tokens": n_out,
+                            "total_tokens": n_in + n_out},
+        )
+
+    proposer = FakeMessagesListChatModel(responses=[reply("p", 3, 1)])
+    other = GenericFakeChatModel(messages=iter([reply("g", 4, 2)]))
+    agg = FakeMessagesListChatModel(responses=[reply("final", 5, 3)])
+    out = (Propose([proposer, other]) | Aggregate(agg)).invoke("q")
+    assert out.content == "final"
+    assert out.usage_metadata == {"input_tokens": 12, "output_tokens": 6, "total_tokens": 18}

@@ -9,12 +9,12 @@ digits are never scraped out of prose, and an invalid judgement raises.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
-from langchain_core.output_parsers import JsonOutputParser
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 from pydantic import BaseModel, Field, ValidationError
 
@@ -149,7 +149,7 @@ class _Judge(LLMStep):
             reply = reply.get("raw")
         text = reply.text if isinstance(reply, BaseMessage) else str(reply)
         try:
-            return self.schema.model_validate(JsonOutputParser().parse(text))
+            return self.schema.model_validate(_first_json_object(text))
         except (ValueError, ValidationError, TypeError) as exc:
             raise AggregatorError(
                 name, self.agent.name, f"the judge's reply is not a valid {self.schema.__name__}: "
@@ -312,3 +312,23 @@ class Vote(_Judge):
         return final_message(
             state.candidates[chosen].text, calls, state.layer + 1, result.record, chosen=chosen
         )
+
+
+def _first_json_object(text: str) -> dict[str, Any]:
+    """The first complete JSON object in ``text`` (prose or code fences around it
+    are skipped; a truncated object is not accepted).
+
+    Raises:
+        ValueError: ``text`` holds no complete JSON object.
+    """
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    while start != -1:
+        try:
+            value, _ = decoder.raw_decode(text, start)
+        except ValueError:
+            value = None
+        if isinstance(value, dict):
+            return value
+        start = text.find("{", start + 1)
+    raise ValueError("no complete JSON object in the reply")

@@ -53,6 +53,7 @@ def test_vote_accepts_fenced_json():
         "2",
         '{"pick": 2}',
         '{"choice": "the second"}',
+        '{"choice": 2',  # cut off at max_tokens: not a complete JSON object
         "",
     ],
 )

@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 from abc import ABCMeta
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,11 +216,34 @@ class Result:
     job: Job
     record: CallRecord
     output: Any = None
-    extra_records: list[CallRecord] = field(default_factory=list)
+    exception: BaseException | None = None
+    replaced: Result | None = None
+    """The failed first attempt, when the job's fallback ran."""
 
     @property
     def ok(self) -> bool:
         return self.record.ok
+
+    @property
+    def records(self) -> list[CallRecord]:
+        """Every call of the job, the replaced attempt first."""
+        return [*(self.replaced.records if self.replaced else []), self.record]
+
+    def or_fallback(self, retry: Callable[[], Result]) -> Result:
+        """This result, or (when it failed and the job has a fallback) ``retry()``'s."""
+        if self.ok or self.job.fallback is None:
+            return self
+        result = retry()
+        result.replaced = self
+        return result
+
+    async def or_afallback(self, retry: Callable[[], Awaitable[Result]]) -> Result:
+        """Async :meth:`or_fallback`."""
+        if self.ok or self.job.fallback is None:
+            return self
+        result = await retry()
+        result.replaced = self
+        return result
 
 
 class LLMStep(Step):
@@ -347,7 +370,7 @@ class LLMStep(Step):
         try:
             reply = runnable.invoke(job.messages, self.call_config(job, config))
         except Exception as exc:  # recorded, then judged by the step's quorum rule
-            return Result(job, self.make_record(job, None, started, exc))
+            return Result(job, self.make_record(job, None, started, exc), exception=exc)
         return Result(job, self.make_record(job, reply, started, None), reply)
 
     async def _acall(self, job: Job, runnable: Runnable, config: RunnableConfig) -> Result:
@@ -355,7 +378,7 @@ class LLMStep(Step):
         try:
             reply = await runnable.ainvoke(job.messages, self.call_config(job, config))
         except Exception as exc:
-            return Result(job, self.make_record(job, None, started, exc))
+            return Result(job, self.make_record(job, None, started, exc), exception=exc)
         return Result(job, self.make_record(job, reply, started, None), reply)
 
     def run_jobs(self, jobs: list[Job], report: _StepReport, config: RunnableConfig) -> list[Result]:
@@ -365,19 +388,17 @@ class LLMStep(Step):
         """
 
         def one(job: Job) -> Result:
-            result = self._call(job, job.runnable, config)
-            if not result.ok and job.fallback is not None:
-                retry = self._call(job, job.fallback, config)
-                retry.extra_records = [result.record]
-                result = retry
-            for record in (*result.extra_records, result.record):
+            result = self._call(job, job.runnable, config).or_fallback(
+                lambda: self._call(job, job.fallback, config)
+            )
+            for record in result.records:
                 dispatch_custom_event(CALL_EVENT, record.model_dump(), config=config)
             return result
 
         workers = min(len(jobs), self.max_concurrency or len(jobs)) or 1
         with ContextThreadPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(one, jobs))
-        report.calls.extend(r for res in results for r in (*res.extra_records, res.record))
+        report.calls.extend(record for result in results for record in result.records)
         return results
 
     async def arun_jobs(
@@ -389,17 +410,14 @@ class LLMStep(Step):
 
         async def one(job: Job) -> Result:
             async with limit:
-                result = await self._acall(job, job.runnable, config)
-                if not result.ok and job.fallback is not None:
-                    retry = await self._acall(job, job.fallback, config)
-                    retry.extra_records = [result.record]
-                    result = retry
-            for record in (*result.extra_records, result.record):
+                first = await self._acall(job, job.runnable, config)
+                result = await first.or_afallback(lambda: self._acall(job, job.fallback, config))
+            for record in result.records:
                 await adispatch_custom_event(CALL_EVENT, record.model_dump(), config=config)
             return result
 
         results = list(await asyncio.gather(*(one(j) for j in jobs)))
-        report.calls.extend(r for res in results for r in (*res.extra_records, res.record))
+        report.calls.extend(record for result in results for record in result.records)
         return results
 
 

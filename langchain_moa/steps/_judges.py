@@ -13,6 +13,8 @@ import json
 from collections.abc import Callable
 from typing import Any, Literal
 
+import httpx
+import openai
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
@@ -165,10 +167,11 @@ class _Judge(LLMStep):
         return self._judged(report, result)
 
     def _judged(self, report: _StepReport, result: Result) -> Any:
-        if result.extra_records and self.structured == "auto":
-            # Native structured output failed and JSON mode was tried: the server
-            # does not support it (e.g. llama.cpp rejects json_schema), so later
-            # judgements by this agent go straight to JSON mode.
+        native = result.replaced
+        if native is not None and self.structured == "auto" and not _transient(native.exception):
+            # Native structured output was refused (e.g. llama.cpp rejects
+            # response_format json_schema) or unusable: later judgements by this
+            # agent go straight to JSON mode. A timeout or lost connection does not count.
             self.agent.structured_output_failed = True
         return self._apply(report, self.parse(result), result)
 
@@ -332,3 +335,16 @@ def _first_json_object(text: str) -> dict[str, Any]:
             return value
         start = text.find("{", start + 1)
     raise ValueError("no complete JSON object in the reply")
+
+
+def _transient(exc: BaseException | None) -> bool:
+    """A timeout, lost connection or rate limit: says nothing about structured output."""
+    transient = (
+        TimeoutError,
+        ConnectionError,
+        httpx.TransportError,
+        openai.APITimeoutError,
+        openai.APIConnectionError,
+        openai.RateLimitError,
+    )
+    return isinstance(exc, transient)

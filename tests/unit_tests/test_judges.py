@@ -285,11 +285,6 @@ def test_rank_rejects_a_list_of_judges():
         Rank([chat("x"), chat("y")], n=1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design: after any native failure (even a timeout) the judge's agent uses JSON "
-    "mode for the rest of its life; only 'unsupported' errors should disable native output",
-)
 def test_a_transient_native_failure_does_not_disable_structured_output_for_good():
     class FlakyOnce(ToolJudge):
         def _next(self, messages, kwargs):

@@ -12,6 +12,7 @@ and are reconciled with the real ``usage_metadata.total_tokens`` afterwards.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from langchain_moa.errors import ConfigurationError
@@ -20,7 +21,8 @@ from langchain_moa.router._store import RouterStore
 __all__ = ["Limits", "Lease", "try_acquire"]
 
 CONCURRENCY_POLL_S = 0.02
-"""How often a request waiting for a concurrency slot looks again (seconds)."""
+"""Wait reported for a full concurrency limit (seconds); the router wakes waiters
+when a slot is released in-process and polls every 0.25 s for other processes."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Lease:
     windows: list[tuple[str, str, str]] = field(default_factory=list)  # (key, rid, "rpm"|"tpm")
     slots: list[str] = field(default_factory=list)
     released: bool = False
+    on_release: Callable[[], None] | None = None
 
     def reconcile_tokens(self, tokens: float) -> None:
         """Replace the TPM reservations' estimate by the real token count."""
@@ -75,6 +78,8 @@ class Lease:
         self.released = True
         for key in self.slots:
             self.store.slot_release(key)
+        if self.slots and self.on_release is not None:
+            self.on_release()
         if refund:
             for key, rid, _ in self.windows:
                 self.store.window_release(key, rid)

@@ -107,6 +107,45 @@ def _run_with_timeout(fn: Callable[[], Any], timeout: float | None) -> Any:
         raise TimeoutError(f"attempt timed out after {timeout:g} s") from None
 
 
+class _Waker:
+    """Wakes requests waiting for a concurrency slot when one is given back in this
+    process (threads and asyncio tasks alike). Slots freed by other processes (a
+    shared store) are noticed by polling every ``SLOT_POLL_S`` seconds."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+        with self._lock:
+            futures, self._futures = self._futures, []
+        for loop, fut in futures:
+            try:
+                loop.call_soon_threadsafe(lambda f=fut: f.done() or f.set_result(None))
+            except RuntimeError:  # loop closed
+                pass
+
+    def wait(self, timeout: float) -> None:
+        with self._cond:
+            self._cond.wait(timeout)
+
+    async def await_(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            self._futures.append((loop, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            pass
+
+
+SLOT_POLL_S = 0.25
+
+
 class _Failover(Exception):
     """Internal: this attempt did not produce an answer; try the next one."""
 
@@ -144,6 +183,10 @@ class _Request:
     last_kind: dict[str, str] = field(default_factory=dict)
     tries: dict[str, int] = field(default_factory=dict)
     pending: str | None = None
+    slot_blocked: set[str] = field(default_factory=set)
+    wait_for_slot: bool = False
+    skipped_once: set[str] = field(default_factory=set)
+    skip_counts: dict[str, int] = field(default_factory=dict)
 
 
 def _has_token(chunk: ChatGenerationChunk) -> bool:
@@ -334,6 +377,7 @@ class ProviderRouter(BaseChatModel):
     _health_cfg: HealthConfig = PrivateAttr()
     _policies: dict[str, RetryPolicy] = PrivateAttr()
     _by_name: dict[str, Deployment] = PrivateAttr()
+    _waker: _Waker = PrivateAttr(default_factory=_Waker)
 
     @field_validator("deployments", mode="before")
     @classmethod
@@ -550,6 +594,8 @@ class ProviderRouter(BaseChatModel):
         req.blocked.clear()
         req.queue_blocked.clear()
         req.pass_failed.clear()
+        req.slot_blocked.clear()
+        req.wait_for_slot = False
         now = time.time()
         eligible: list[Deployment] = []
         skipped: list[dict[str, Any]] = []
@@ -602,6 +648,18 @@ class ProviderRouter(BaseChatModel):
             entries.extend((d, i) for i in range(1, max_retries + 1))
         return entries
 
+    def _sleep(self, req: _Request, wait: float) -> None:
+        if req.wait_for_slot:
+            self._waker.wait(wait)  # queue time already added by _next_wait
+        else:
+            time.sleep(wait)
+
+    async def _asleep(self, req: _Request, wait: float) -> None:
+        if req.wait_for_slot:
+            await self._waker.await_(wait)  # queue time already added by _next_wait
+        else:
+            await asyncio.sleep(wait)
+
     def _busy(self, name: str) -> int:
         return self._store.slot_count(f"inflight:{name}") + self._store.slot_count(f"pending:{name}")
 
@@ -644,6 +702,10 @@ class ProviderRouter(BaseChatModel):
             )
         name, (t, queued) = min(ready.items(), key=lambda kv: kv[1][0])
         wait = max(0.0, t - now)
+        if name in req.slot_blocked:
+            # woken when a slot is given back; the poll interval bounds the wait
+            req.wait_for_slot = True
+            wait = SLOT_POLL_S
         if queued:
             req.queued_s += wait
             if req.deadline_at is not None:
@@ -708,9 +770,12 @@ class ProviderRouter(BaseChatModel):
         lease, wait, why = try_acquire(self._store, scopes, tokens, now)
         if lease is not None:
             self._release_pending(req)
+            lease.on_release = self._waker.notify
         if lease is None:
             req.blocked[name] = now + wait
             req.queue_blocked.add(name)
+            if "max_concurrency" in why:
+                req.slot_blocked.add(name)
             self._note_skip(req, d, f"limit: {why}")
             raise _Failover(name, why)
         allowed, reason, ready_at, is_probe = self._store.health_update(
@@ -724,8 +789,21 @@ class ProviderRouter(BaseChatModel):
         return lease, is_probe
 
     def _note_skip(self, req: _Request, d: Deployment, reason: str) -> None:
-        self._stats[str(d.name)].skips += 1
-        req.attempts.append({"deployment": d.name, "outcome": "skipped", "reason": reason, "pass": req.passes})
+        """Record a skip once per deployment and request (queued requests re-check
+        often; repeats only bump the entry's ``count``)."""
+        name = str(d.name)
+        req.skip_counts[name] = req.skip_counts.get(name, 0) + 1
+        if name in req.skipped_once:
+            for a in reversed(req.attempts):
+                if a["deployment"] == name and a["outcome"] == "skipped":
+                    a["reason"], a["count"] = reason, req.skip_counts[name]
+                    break
+            return
+        req.skipped_once.add(name)
+        self._stats[name].skips += 1
+        req.attempts.append(
+            {"deployment": name, "outcome": "skipped", "reason": reason, "count": 1, "pass": req.passes}
+        )
 
     def _prepare(self, req: _Request, d: Deployment) -> tuple[BaseChatModel, dict[str, Any]]:
         llm = d.chat_model(d.timeout or self.timeout)
@@ -1061,7 +1139,7 @@ class ProviderRouter(BaseChatModel):
                         return ChatResult(generations=[ChatGeneration(message=msg)])
                     except _Failover:
                         pass
-                time.sleep(self._next_wait(req))
+                self._sleep(req, self._next_wait(req))
         finally:
             self._release_pending(req)
 
@@ -1084,7 +1162,7 @@ class ProviderRouter(BaseChatModel):
                         return ChatResult(generations=[ChatGeneration(message=msg)])
                     except _Failover:
                         pass
-                await asyncio.sleep(self._next_wait(req))
+                await self._asleep(req, self._next_wait(req))
         finally:
             self._release_pending(req)
 
@@ -1109,7 +1187,7 @@ class ProviderRouter(BaseChatModel):
                         yield first
                         yield from it
                         return
-                time.sleep(self._next_wait(req))
+                self._sleep(req, self._next_wait(req))
         finally:
             self._release_pending(req)
 
@@ -1136,6 +1214,6 @@ class ProviderRouter(BaseChatModel):
                         async for c in it:
                             yield c
                         return
-                await asyncio.sleep(self._next_wait(req))
+                await self._asleep(req, self._next_wait(req))
         finally:
             self._release_pending(req)

@@ -147,3 +147,26 @@ class TestRouterQueues:
         out = router.batch(["q"] * 4, config={"max_concurrency": 4})  # needs ~1.5 s of queueing
         assert [m.content for m in out] == ["ok"] * 4
         assert max(m.response_metadata["router"]["queued_s"] for m in out) > 0.3
+
+
+class TestSlotWakeups:
+    def test_waiters_are_woken_when_a_slot_frees(self) -> None:
+        llm = ScriptedChat(replies=["ok"], delay=0.05)
+        router = ProviderRouter(deployments=[Deployment(llm=llm, name="a", max_concurrency=1)])
+        t0 = time.time()
+        out = router.batch(["q"] * 6, config={"max_concurrency": 6})
+        elapsed = time.time() - t0
+        assert len(out) == 6
+        # 6 x 0.05 s back to back; polling alone (0.25 s) would need > 1 s
+        assert elapsed < 0.9, elapsed
+        # a queued request's decision records the skip once, with a count
+        skips = [a for m in out for a in m.response_metadata["router"]["attempts"] if a["outcome"] == "skipped"]
+        assert all(s["count"] >= 1 for s in skips)
+        assert max(len(m.response_metadata["router"]["attempts"]) for m in out) <= 2
+
+    async def test_async_waiters_are_woken(self) -> None:
+        llm = ScriptedChat(replies=["ok"], delay=0.05)
+        router = ProviderRouter(deployments=[Deployment(llm=llm, name="a", max_concurrency=1)])
+        t0 = time.time()
+        await asyncio.gather(*[router.ainvoke("q") for _ in range(6)])
+        assert time.time() - t0 < 0.9

@@ -1,0 +1,120 @@
+"""RedisStore against a real ``redis-server`` on 127.0.0.1 (started and stopped here).
+
+Skipped only when the ``redis-server`` binary or the ``redis`` client is absent.
+Two routers sharing one store stand for two worker processes sharing a quota.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from langchain_moa.router import Deployment, InMemoryStore, ProviderRouter, RedisStore
+from langchain_moa.router._health import HealthConfig, claim
+from tests.unit_tests.moa_fakes import ScriptedChat
+from tests.unit_tests.router_fakes import TimedChat, rate_limited
+
+redis = pytest.importorskip("redis")
+REDIS_SERVER = shutil.which("redis-server")
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server binary not installed")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def redis_client() -> Iterator[object]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(REDIS_SERVER), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        else:
+            pytest.fail("redis-server did not start")
+        yield client
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def store(redis_client: object, request: pytest.FixtureRequest) -> RedisStore:
+    s = RedisStore(redis_client, prefix=f"test-{request.node.name}:")
+    s.reset()
+    return s
+
+
+@pytest.mark.parametrize("make", ["memory", "redis"])
+def test_window_semantics_match_in_memory(make: str, redis_client: object) -> None:
+    s = InMemoryStore() if make == "memory" else RedisStore(redis_client, prefix="cmp:")
+    s.reset()
+    assert s.window_acquire("rpm:x", 1, 60, 60.0, 0.0)[0]
+    rid, wait = s.window_acquire("rpm:x", 1, 60, 60.0, 0.5)
+    assert rid is None and wait == pytest.approx(0.5)
+    assert s.window_acquire("rpm:x", 1, 60, 60.0, 1.0)[0]
+    r1, _ = s.window_acquire("tpm:x", 90, 100, 60.0, 0.0, pace=False)
+    assert s.window_acquire("tpm:x", 50, 100, 60.0, 1.0, pace=False)[0] is None
+    s.window_adjust("tpm:x", r1, 20)
+    r2, _ = s.window_acquire("tpm:x", 50, 100, 60.0, 1.0, pace=False)
+    assert r2 is not None
+    s.window_release("tpm:x", r2)
+    assert s.window_acquire("tpm:x", 80, 100, 60.0, 1.0, pace=False)[0] is not None
+
+
+def test_slots_and_health(store: RedisStore) -> None:
+    assert store.slot_acquire("inflight:a", 2) and store.slot_acquire("inflight:a", 2)
+    assert not store.slot_acquire("inflight:a", 2)
+    assert store.slot_count("inflight:a") == 2
+    store.slot_release("inflight:a")
+    assert store.slot_acquire("inflight:a", 2)
+    cfg = HealthConfig()
+    store.health_update("a", lambda r: ({"state": "open", "until": 0.0}, None))
+    first = store.health_update("a", lambda r: claim(r, 1.0, cfg))
+    second = store.health_update("a", lambda r: claim(r, 1.0, cfg))
+    assert first[0] and first[3]  # the probe
+    assert not second[0] and "probe in flight" in second[1]
+    assert store.health_get("a")["state"] == "half-open"
+
+
+def test_two_routers_share_a_retry_after_window(store: RedisStore) -> None:
+    a1 = TimedChat(replies=[rate_limited(retry_after_ms="500")])
+    a2 = TimedChat(replies=["a2"])
+    r1 = ProviderRouter(deployments=[Deployment(llm=a1, name="a"),
+                                     Deployment(llm=ScriptedChat(replies=["b1"]), name="b")], store=store)
+    r2 = ProviderRouter(deployments=[Deployment(llm=a2, name="a"),
+                                     Deployment(llm=ScriptedChat(replies=["b2"]), name="b")], store=store)
+    assert r1.invoke("q").content == "b1"
+    assert r2.invoke("q").content == "b2"  # r2 never saw the 429, the store did
+    assert a2.times == [] and r2.stats()["a"]["state"] == "cooling"
+    time.sleep(0.55)
+    assert r2.invoke("q").content == "a2"
+
+
+def test_two_routers_share_one_rpm_quota(store: RedisStore) -> None:
+    a1, a2 = TimedChat(replies=["1"]), TimedChat(replies=["2"])
+    kw = {"limit_window": 1.0, "store": store}
+    r1 = ProviderRouter(deployments=[Deployment(llm=a1, name="a", rpm=10)], **kw)
+    r2 = ProviderRouter(deployments=[Deployment(llm=a2, name="a", rpm=10)], **kw)
+    for _ in range(3):
+        r1.invoke("q")
+        r2.invoke("q")
+    ts = sorted(a1.times + a2.times)
+    assert min(y - x for x, y in zip(ts, ts[1:])) >= 0.09  # one shared pace of 10/s

@@ -29,6 +29,10 @@ __all__ = [
     "ModelSpec",
     "parse_model_name",
     "register_provider",
+    "LogicalModelMap",
+    "LOGICAL_MODELS",
+    "register_logical_model",
+    "resolve_logical_model",
     "openai_compatible_chat_model",
 ]
 
@@ -206,3 +210,71 @@ def openai_compatible_chat_model(
     return cls(
         model=model, base_url=base_url or provider.resolved_base_url(), api_key=key, **kwargs
     )
+
+
+LogicalModelMap = dict[str, dict[str, str]]
+"""logical model name -> {provider name: that provider's model id}."""
+
+LOGICAL_MODELS: LogicalModelMap = {
+    "llama-3.1-8b": {
+        "groq": "llama-3.1-8b-instant",
+        "together": "meta-llama/Llama-3.1-8B-Instruct-Turbo",
+        "openrouter": "meta-llama/llama-3.1-8b-instruct",
+        "deepinfra": "meta-llama/Meta-Llama-3.1-8B-Instruct",
+        "fireworks": "accounts/fireworks/models/llama-v3p1-8b-instruct",
+        "ollama": "llama3.1:8b",
+    },
+    "llama-3.3-70b": {
+        "groq": "llama-3.3-70b-versatile",
+        "together": "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+        "openrouter": "meta-llama/llama-3.3-70b-instruct",
+        "deepinfra": "meta-llama/Llama-3.3-70B-Instruct",
+    },
+    "gpt-4o-mini": {"openai": "gpt-4o-mini", "openrouter": "openai/gpt-4o-mini"},
+    "deepseek-v3": {
+        "deepseek": "deepseek-chat",
+        "together": "deepseek-ai/DeepSeek-V3",
+        "openrouter": "deepseek/deepseek-chat",
+    },
+}
+"""Built-in logical names (one model, a different id on each provider). Ids as listed
+in each provider's model catalogue; extend with :func:`register_logical_model`."""
+
+
+def register_logical_model(name: str, ids: dict[str, str]) -> None:
+    """Add or replace a logical model: ``ids`` maps provider name -> model id.
+
+    Raises:
+        ConfigurationError: a provider is not registered, or ``ids`` is empty.
+    """
+    if not ids:
+        raise ConfigurationError(f"logical model {name!r} needs at least one provider id")
+    unknown = [p for p in ids if p not in PROVIDERS and p != LOCAL_PROVIDER]
+    if unknown:
+        raise ConfigurationError(
+            f"logical model {name!r}: unknown providers {unknown}; known: {sorted(PROVIDERS)}"
+        )
+    LOGICAL_MODELS[name] = dict(ids)
+
+
+def resolve_logical_model(
+    name: str, providers: list[str] | None = None, models: LogicalModelMap | None = None
+) -> list[str]:
+    """The ``"provider/model"`` strings of a logical model, in ``providers`` order
+    (default: the map's order).
+
+    Raises:
+        ConfigurationError: unknown logical name, or a requested provider has no id for it.
+    """
+    table = LOGICAL_MODELS if models is None else models
+    if name not in table:
+        raise ConfigurationError(f"unknown logical model {name!r}; known: {sorted(table)}")
+    ids = table[name]
+    wanted = list(ids) if providers is None else providers
+    missing = [p for p in wanted if p not in ids]
+    if missing:
+        raise ConfigurationError(
+            f"logical model {name!r} has no id on providers {missing}; it is on {list(ids)}"
+        )
+    return [f"{p}/{ids[p]}" for p in wanted]
+

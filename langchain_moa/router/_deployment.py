@@ -9,9 +9,14 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
-from langchain_moa.errors import ConfigurationError, MissingAPIKeyError
+from langchain_moa.errors import ConfigurationError
 from langchain_moa.pricing import price_of
-from langchain_moa.providers import LOCAL_PROVIDER, PROVIDERS, parse_model_name
+from langchain_moa.providers import (
+    LOCAL_PROVIDER,
+    PROVIDERS,
+    openai_compatible_chat_model,
+    parse_model_name,
+)
 
 __all__ = ["Deployment"]
 
@@ -132,10 +137,9 @@ class Deployment(BaseModel):
             return self._built
 
     def _build(self, timeout: float | None) -> BaseChatModel:
-        from langchain_openai import ChatOpenAI
-        from langchain_openai.chat_models.base import BaseChatOpenAI
-
         spec = parse_model_name(str(self.model))
+        key = self.api_key.get_secret_value() if self.api_key is not None else None
+        kwargs = {"timeout": timeout, **self.model_kwargs}
         if spec.provider == LOCAL_PROVIDER:
             base_url = self.base_url or os.environ.get(LOCAL_BASE_URL_ENV)
             if not base_url:
@@ -143,30 +147,9 @@ class Deployment(BaseModel):
                     f"deployment {self.name!r}: model {self.model!r} needs base_url= (or the "
                     f"environment variable {LOCAL_BASE_URL_ENV}) pointing at the local server"
                 )
-            key: str | None = "not-needed"
-            cls: type[BaseChatModel] = BaseChatOpenAI
-        else:
-            provider = PROVIDERS[spec.provider]
-            base_url = self.base_url or provider.resolved_base_url()
-            if self.api_key is not None:
-                key = self.api_key.get_secret_value()
-            elif provider.api_key_env is None:
-                key = "not-needed"
-            else:
-                key = os.environ.get(provider.api_key_env)
-                if not key:
-                    raise MissingAPIKeyError(
-                        f"deployment {self.name!r} ({self.model}) needs an API key: set the "
-                        f"environment variable {provider.api_key_env}",
-                        env_var=provider.api_key_env,
-                    )
-            cls = ChatOpenAI if spec.provider == "openai" else BaseChatOpenAI
-        return cls(  # type: ignore[call-arg]
-            model=spec.model,
-            base_url=base_url,
-            api_key=key,
-            max_retries=0,
-            stream_usage=True,
-            timeout=timeout,
-            **self.model_kwargs,
+            return openai_compatible_chat_model(
+                "llamacpp", spec.model, base_url=base_url, api_key=key or "not-needed", **kwargs
+            )
+        return openai_compatible_chat_model(
+            spec.provider, spec.model, base_url=self.base_url, api_key=key, **kwargs
         )

@@ -494,6 +494,40 @@ class ProviderRouter(BaseChatModel):
         return self.bind(tools=formatted, **kwargs)
 
     # ------------------------------------------------------------------ public helpers
+    @classmethod
+    def from_logical_model(
+        cls,
+        name: str,
+        providers: list[str] | None = None,
+        *,
+        deployment_kwargs: dict[str, dict[str, Any]] | None = None,
+        **router_kwargs: Any,
+    ) -> ProviderRouter:
+        """A router over one logical model served by several providers.
+
+        Example::
+
+            router = ProviderRouter.from_logical_model(
+                "llama-3.1-8b", ["groq", "together", "openrouter"], strategy="cost"
+            )
+
+        Args:
+            name: a key of :data:`langchain_moa.providers.LOGICAL_MODELS`
+                (add your own with ``register_logical_model``).
+            providers: which providers, in priority order (default: all listed).
+            deployment_kwargs: per provider extra ``Deployment`` fields
+                (``{"groq": {"rpm": 30}}``).
+            **router_kwargs: the router's own parameters.
+        """
+        from langchain_moa.providers import resolve_logical_model
+
+        extra = deployment_kwargs or {}
+        deps = []
+        for model in resolve_logical_model(name, providers):
+            provider = model.split("/", 1)[0]
+            deps.append(Deployment(model=model, **extra.get(provider, {})))
+        return cls(deployments=deps, **router_kwargs)
+
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per deployment: counters, latency p50/p95 (s), health and spend.
 

@@ -160,3 +160,32 @@ class TestPricing:
     def test_negative_tokens_rejected(self) -> None:
         with pytest.raises(ConfigurationError, match="input_tokens"):
             cost_usd("openai/gpt-4o", -1, 0)
+
+
+class TestLogicalModels:
+    def test_router_from_logical_model(self) -> None:
+        r = ProviderRouter.from_logical_model(
+            "llama-3.1-8b", ["groq", "together"], deployment_kwargs={"groq": {"rpm": 30}}, strategy="cost"
+        )
+        assert [d.model for d in r.deployments] == [
+            "groq/llama-3.1-8b-instant", "together/meta-llama/Llama-3.1-8B-Instruct-Turbo"]
+        assert r.deployments[0].rpm == 30
+        # cost ranking reads the price table: groq is cheaper for this model
+        assert r.deployments[0].prices() == (0.05, 0.08)
+
+    def test_unknown_logical_model_or_provider(self) -> None:
+        with pytest.raises(ConfigurationError, match="unknown logical model"):
+            ProviderRouter.from_logical_model("gpt-17")
+        with pytest.raises(ConfigurationError, match="no id on providers"):
+            ProviderRouter.from_logical_model("gpt-4o-mini", ["groq"])
+
+    def test_register_logical_model(self) -> None:
+        from langchain_moa.providers import LOGICAL_MODELS, register_logical_model, resolve_logical_model
+
+        register_logical_model("tiny-test", {"ollama": "qwen2.5:0.5b", "vllm": "Qwen/Qwen2.5-0.5B"})
+        try:
+            assert resolve_logical_model("tiny-test") == ["ollama/qwen2.5:0.5b", "vllm/Qwen/Qwen2.5-0.5B"]
+            with pytest.raises(ConfigurationError, match="unknown providers"):
+                register_logical_model("bad", {"nope": "x"})
+        finally:
+            LOGICAL_MODELS.pop("tiny-test", None)

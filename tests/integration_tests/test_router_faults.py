@@ -27,6 +27,7 @@ import pytest
 from langchain_core.messages import AIMessage
 
 from langchain_moa.errors import RouterError
+from langchain_moa.providers import PROVIDERS, Provider
 from langchain_moa.router import Deployment, ProviderRouter
 from tests import fault_server as _fs
 from tests.fault_server import Fault, FaultServer
@@ -80,6 +81,11 @@ def test_priority_order_and_answer_from_first_healthy(fault_server_factory) -> N
     assert text_of(reply) == "[c#1] question one"
     assert seq_order(a, b, c) == ["a", "b", "c"]
     assert [a.statuses(), b.statuses(), c.statuses()] == [[500], [503], [200]]
+    # the failed attempts are recorded in the answer's metadata, in order
+    decision = reply.response_metadata["router"]
+    assert decision["deployment"] == "c"
+    attempts = [(x["deployment"], x["outcome"], x.get("status")) for x in decision["attempts"]]
+    assert attempts == [("a", "error", 500), ("b", "error", 503), ("c", "ok", None)]
 
 
 def test_healthy_first_deployment_takes_everything(fault_server_factory) -> None:
@@ -277,7 +283,7 @@ def test_401_disables_and_names_the_env_var(fault_server_factory, monkeypatch) -
 @pytest.mark.parametrize(
     ("fault", "needle"),
     [(Fault.unauthorized(), "GROQ_API_KEY"), (Fault.forbidden(), "GROQ_API_KEY"),
-     (Fault.model_not_found("fake"), "fake")],
+     (Fault.model_not_found("fake"), "'fake' not found")],
     ids=["401", "403", "404"],
 )
 def test_permanent_error_alone_fails_fast_with_clear_message(
@@ -298,6 +304,25 @@ def test_permanent_error_alone_fails_fast_with_clear_message(
     with pytest.raises(RouterError):  # still disabled: the server is not asked again
         router.invoke("y")
     assert len(fault_server.chat_requests) == 1
+
+
+def test_missing_api_key_disables_without_sending(fault_server_factory, monkeypatch) -> None:
+    """A keyed provider (registered here, pointing at the fault server, so nothing can
+    reach the internet) with its key variable unset: disabled, nothing sent."""
+    a, b = servers(fault_server_factory, "a", "b")
+    monkeypatch.setitem(PROVIDERS, "faultkeyed",
+                        Provider("faultkeyed", a.base_url, "FAULTKEYED_API_KEY"))
+    monkeypatch.delenv("FAULTKEYED_API_KEY", raising=False)
+    deployments = [
+        Deployment(model="faultkeyed/fake", name="a", timeout=TIMEOUT),
+        Deployment(model="llamacpp/fake", base_url=b.base_url, name="b", timeout=TIMEOUT),
+    ]
+    router = ProviderRouter(deployments=deployments, strategy="priority", deadline=10.0)
+    assert text_of(router.invoke("nokey")) == "[b#1] nokey"
+    assert text_of(router.invoke("nokey2")) == "[b#2] nokey2"
+    assert a.chat_requests == []  # nothing was sent without a key
+    stats = router.stats()["a"]
+    assert stats["state"] == "disabled" and "FAULTKEYED_API_KEY" in stats["state_reason"]
 
 
 def test_404_model_not_found_falls_over(fault_server_factory) -> None:
@@ -449,11 +474,31 @@ def test_stream_usage_counted_once(fault_server_factory) -> None:
 def test_circuit_breaker_stops_sending_to_a_failing_deployment(fault_server_factory) -> None:
     a, b = servers(fault_server_factory, "a", "b")
     a.set_default(Fault.server_error())
-    router = make_router([a, b])
+    router = make_router([a, b], failure_threshold=3, circuit_cooldown=30.0)
     for i in range(10):
         assert text_of(router.invoke(f"c{i}")) == f"[b#{i + 1}] c{i}"
-    # a keeps failing: after its failure threshold it must stop being tried
-    assert len(a.chat_requests) < 10
+    # 3 consecutive failures open the circuit: a is not tried again for 30 s
+    assert len(a.chat_requests) == 3
+    assert router.stats()["a"]["state"] == "open"
+
+
+async def test_half_open_probe_is_single_and_closes_the_circuit(fault_server_factory) -> None:
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(Fault.server_error(), Fault.server_error(), Fault.ok(delay_s=0.5))
+    router = make_router([a, b], failure_threshold=2, circuit_cooldown=1.0)
+    await router.ainvoke("f1")
+    await router.ainvoke("f2")  # second consecutive failure: circuit open for 1 s
+    opened_at = a.chat_requests[1].t_end
+    assert text_of(await router.ainvoke("during")) == "[b#3] during"
+    await asyncio.sleep(max(0.0, opened_at + 1.05 - time.monotonic()))
+    # half-open: of 4 concurrent requests exactly one (the probe) goes to a
+    replies = await asyncio.gather(*(router.ainvoke(f"p{i}") for i in range(4)))
+    on_a = [r for r in replies if text_of(r).startswith("[a#")]
+    assert len(on_a) == 1, [text_of(r) for r in replies]
+    assert a.chat_requests[2].t_start >= opened_at + 1.0
+    # the probe succeeded: the circuit is closed and a (priority) takes traffic again
+    assert router.stats()["a"]["state"] == "healthy"
+    assert text_of(await router.ainvoke("after")).startswith("[a#")
 
 
 async def test_concurrent_requests_during_cooldown_all_succeed(fault_server_factory) -> None:

@@ -32,8 +32,6 @@ import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -82,29 +80,35 @@ from langchain_moa.router._strategies import STRATEGIES, rank
 __all__ = ["ProviderRouter"]
 
 ROUTER_SCOPE = "__router__"
-_EXECUTOR: ThreadPoolExecutor | None = None
-_EXECUTOR_LOCK = threading.Lock()
+DECISION_EVENT = "moa_router_decision"
+"""Name of the custom callback event carrying the routing decision (invoke/ainvoke)."""
 _END = object()
 
 
-def _executor() -> ThreadPoolExecutor:
-    global _EXECUTOR
-    with _EXECUTOR_LOCK:
-        if _EXECUTOR is None:
-            _EXECUTOR = ThreadPoolExecutor(max_workers=64, thread_name_prefix="moa-router")
-        return _EXECUTOR
-
-
 def _run_with_timeout(fn: Callable[[], Any], timeout: float | None) -> Any:
-    """Run ``fn`` with a timeout in a worker thread (sync path); abandon it on timeout."""
+    """Run ``fn`` with a timeout (sync path): in its own daemon thread, abandoned on
+    timeout. One thread per call rather than a bounded pool, so that a queue of calls
+    waiting for a pool worker can never time out before it started."""
     if timeout is None:
         return fn()
     ctx = contextvars.copy_context()
-    fut = _executor().submit(ctx.run, fn)
-    try:
-        return fut.result(timeout=timeout)
-    except FutureTimeout:
-        raise TimeoutError(f"attempt timed out after {timeout:g} s") from None
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["result"] = ctx.run(fn)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            box["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="moa-router-attempt", daemon=True).start()
+    if not done.wait(timeout):
+        raise TimeoutError(f"attempt timed out after {timeout:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 class _Waker:
@@ -1170,6 +1174,10 @@ class ProviderRouter(BaseChatModel):
                 if entries:
                     try:
                         msg = self._chain(req, entries).invoke(messages, self._chain_config(run_manager))
+                        if run_manager is not None:
+                            self._chain_config(run_manager)["callbacks"].on_custom_event(
+                                DECISION_EVENT, msg.response_metadata["router"], run_id=run_manager.run_id
+                            )
                         return ChatResult(generations=[ChatGeneration(message=msg)])
                     except _Failover:
                         pass
@@ -1193,6 +1201,10 @@ class ProviderRouter(BaseChatModel):
                         msg = await self._chain(req, entries).ainvoke(
                             messages, self._chain_config(run_manager)
                         )
+                        if run_manager is not None:
+                            await self._chain_config(run_manager)["callbacks"].on_custom_event(
+                                DECISION_EVENT, msg.response_metadata["router"], run_id=run_manager.run_id
+                            )
                         return ChatResult(generations=[ChatGeneration(message=msg)])
                     except _Failover:
                         pass

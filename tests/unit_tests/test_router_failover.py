@@ -350,3 +350,37 @@ class TestLangChainIntegration:
         router = router_of(a, b)
         out = router.batch([f"q{i}" for i in range(8)], config={"max_concurrency": 4})
         assert len(out) == 8 and all(m.content in ("a", "b") for m in out)
+
+
+class TestMore:
+    def test_many_concurrent_sync_calls_never_time_out_waiting_for_a_thread(self) -> None:
+        llm = ScriptedChat(replies=["ok"], delay=0.6)
+        router = router_of(llm, timeout=1.5)
+        out = router.batch(["q"] * 80, config={"max_concurrency": 80})
+        assert len(out) == 80 and router.stats()["a"]["failures"] == 0
+
+    async def test_decision_is_a_custom_event(self) -> None:
+        from langchain_core.callbacks import AsyncCallbackHandler
+
+        seen: list[tuple[str, Any, Any]] = []
+
+        class Events(AsyncCallbackHandler):
+            async def on_custom_event(self, name, data, *, run_id, **kw):  # type: ignore[no-untyped-def]
+                seen.append((name, data, run_id))
+
+            async def on_chat_model_start(self, *a, run_id, **kw):  # type: ignore[no-untyped-def]
+                seen.append(("start", None, run_id))
+
+        router = router_of(ScriptedChat(replies=[http_error(500)]), ScriptedChat(replies=["ok"]))
+        await router.ainvoke("q", config={"callbacks": [Events()]})
+        (_, _, router_run), (name, data, run_id) = seen
+        assert name == "moa_router_decision" and run_id == router_run
+        assert data["deployment"] == "b" and [a["outcome"] for a in data["attempts"]] == ["error", "ok"]
+
+    def test_router_is_usable_in_a_chain(self) -> None:
+        from langchain_core.output_parsers import StrOutputParser
+        from langchain_core.prompts import ChatPromptTemplate
+
+        chain = ChatPromptTemplate.from_messages([("system", "be brief"), ("human", "{q}")]) \
+            | router_of(ScriptedChat(replies=["fine"])) | StrOutputParser()
+        assert chain.invoke({"q": "how are you?"}) == "fine"

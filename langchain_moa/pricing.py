@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from langchain_moa.errors import ConfigurationError
@@ -67,6 +68,8 @@ PRICES: dict[str, Price] = {
     "xai/grok-3-mini": (0.30, 0.50),
 }
 
+_DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
+
 FREE_PROVIDERS = frozenset({"local", "llamacpp", "ollama", "vllm", "lmstudio"})
 """Providers whose models run on your own hardware: priced at 0."""
 
@@ -101,6 +104,11 @@ def price_of(model: str, prices: Mapping[str, Price] | None = None) -> Price | N
     for k, v in table.items():
         if _split(k)[1] == model_id:
             return v
+    # dated snapshots ("gpt-4o-mini-2024-07-18", "claude-3-5-haiku-20241022") cost
+    # what their alias costs
+    undated = _DATE_SUFFIX.sub("", model_id)
+    if undated != model_id:
+        return price_of(f"{provider}/{undated}" if provider else undated, prices)
     return None
 
 

@@ -189,3 +189,9 @@ class TestLogicalModels:
                 register_logical_model("bad", {"nope": "x"})
         finally:
             LOGICAL_MODELS.pop("tiny-test", None)
+
+
+def test_dated_snapshot_ids_cost_like_their_alias() -> None:
+    assert price_of("gpt-4o-mini-2024-07-18") == (0.15, 0.60)
+    assert price_of("openai/gpt-4o-2024-08-06") == (2.50, 10.00)
+    assert price_of("mystery-20240101") is None

@@ -1,0 +1,35 @@
+"""The router as an MoA agent: Propose / Aggregate accept it like any chat model."""
+
+from __future__ import annotations
+
+from langchain_core.messages import AIMessage
+
+from langchain_moa.router import Deployment, ProviderRouter
+from langchain_moa.steps import Aggregate, Propose
+from tests.unit_tests.moa_fakes import ScriptedChat
+from tests.unit_tests.router_fakes import http_error, rate_limited
+
+
+def test_router_as_proposer_and_aggregator_with_failover() -> None:
+    def router(name: str, first: object, reply: str, model_name: str) -> ProviderRouter:
+        return ProviderRouter(
+            deployments=[
+                Deployment(llm=ScriptedChat(replies=[first], model_name="down"), name=f"{name}-primary"),
+                Deployment(llm=ScriptedChat(replies=[reply], model_name=model_name, input_tokens=7),
+                           name=f"{name}-backup", price_in=1.0, price_out=2.0),
+            ],
+            name=name,
+        )
+
+    proposers = [router("p1", rate_limited(), "four", "gpt-4o-mini-2024-07-18"),
+                 router("p2", http_error(503), "4", "qwen-local")]
+    aggregator = router("agg", http_error(500), "The answer is 4.", "gpt-4o-mini")
+    out = (Propose(proposers) | Aggregate(aggregator)).invoke("What is 2+2?")
+    assert isinstance(out, AIMessage) and out.content == "The answer is 4."
+    # the real model ids reached the MoA layer, and every call's tokens were counted once
+    assert out.usage_metadata["input_tokens"] == 3 * 7
+    assert out.response_metadata["model_name"] == "gpt-4o-mini"
+    # priced from the reported model ids (dated snapshot included); "qwen-local" is unpriced
+    expected = (7 * 0.15 + 1 * 0.60) / 1e6 + (7 * 0.15 + 4 * 0.60) / 1e6
+    assert abs(out.response_metadata["moa"]["cost_usd"] - expected) < 1e-12
+    assert out.response_metadata["moa"]["failed_calls"] == 0  # failover is invisible to MoA

@@ -54,6 +54,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 from langchain_moa.errors import (
     ConfigurationError,
     DeploymentDisabledError,
+    MissingAPIKeyError,
     NoDeploymentAvailableError,
 )
 from langchain_moa.router._deployment import Deployment
@@ -858,7 +859,12 @@ class ProviderRouter(BaseChatModel):
         time (building a client takes long enough on first use to bunch paced requests)."""
         try:
             return self._prepare(req, d)
-        except BaseException as e:  # noqa: BLE001 - e.g. MissingAPIKeyError
+        except MissingAPIKeyError as e:  # disables the deployment, names the variable
+            self._on_error(req, d, e, 0.0, probe=False)
+            raise
+        except ConfigurationError:  # a wrong setting does not get better elsewhere
+            raise
+        except BaseException as e:  # noqa: BLE001
             self._on_error(req, d, e, 0.0, probe=False)
             raise
 

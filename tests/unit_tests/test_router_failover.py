@@ -384,3 +384,9 @@ class TestMore:
         chain = ChatPromptTemplate.from_messages([("system", "be brief"), ("human", "{q}")]) \
             | router_of(ScriptedChat(replies=["fine"])) | StrOutputParser()
         assert chain.invoke({"q": "how are you?"}) == "fine"
+
+    def test_local_model_without_base_url_is_a_configuration_error(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv("LANGCHAIN_MOA_LOCAL_BASE_URL", raising=False)
+        router = ProviderRouter(deployments=["local/qwen"])
+        with pytest.raises(ConfigurationError, match="LANGCHAIN_MOA_LOCAL_BASE_URL"):
+            router.invoke("q")

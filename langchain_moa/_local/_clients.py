@@ -1,4 +1,4 @@
-"""``ChatOpenAI`` clients for OpenAI-compatible servers (local or self-hosted)."""
+"""Chat models (``BaseChatOpenAI``) for OpenAI-compatible servers (local or self-hosted)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,13 @@ def loopback_async_http_client() -> Any:
 def chat_model_for_base_url(
     base_url: str, model: str, api_key: str | None = None, **kwargs: Any
 ) -> Any:
-    """A ``ChatOpenAI`` for any OpenAI-compatible server.
+    """A chat model for any OpenAI-compatible server (``BaseChatOpenAI``).
+
+    ``BaseChatOpenAI`` rather than ``ChatOpenAI``: ``ChatOpenAI`` sends ``max_tokens``
+    as ``max_completion_tokens``, which llama-cpp-python's server (and vLLM and others)
+    ignore, so replies would run on to the context limit. Same class as
+    :func:`langchain_moa.providers.openai_compatible_chat_model` uses for every
+    provider but OpenAI.
 
     Works with llama.cpp's server, llama-cpp-python's server, vLLM, Ollama
     (``http://127.0.0.1:11434/v1``), LM Studio, or :class:`LocalServer`.
@@ -59,7 +65,7 @@ def chat_model_for_base_url(
         ConfigurationError: ``base_url`` is not an ``http(s)://`` URL or ``model``
             is empty.
     """
-    from langchain_openai import ChatOpenAI
+    from langchain_openai.chat_models.base import BaseChatOpenAI
 
     if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
         raise ConfigurationError(
@@ -72,7 +78,7 @@ def chat_model_for_base_url(
     kwargs.setdefault("stream_usage", True)
     if urlsplit(base_url).hostname in _LOOPBACK_HOSTS and "http_async_client" not in kwargs:
         kwargs["http_async_client"] = loopback_async_http_client()
-    return ChatOpenAI(
+    return BaseChatOpenAI(
         base_url=base_url.rstrip("/"),
         model=model,
         api_key=api_key or "not-needed",

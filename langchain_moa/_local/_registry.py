@@ -117,7 +117,7 @@ def get_local_chat_model(
     startup_timeout: float = 120.0,
     **kwargs: Any,
 ) -> Any:
-    """A ``ChatOpenAI`` on the bundled local model ``name``; no API key needed.
+    """A chat model on the bundled local model ``name``; no API key needed.
 
     The first call assembles the model into the cache (once per machine, see
     :func:`ensure_model`) and starts its server (a few seconds); later calls reuse
@@ -129,10 +129,12 @@ def get_local_chat_model(
             ``local-1.5b`` extra) or the path of any ``.gguf`` file.
         n_ctx, n_threads, chat_format, startup_timeout: server settings, see
             :class:`LocalServer`.
-        **kwargs: ``ChatOpenAI`` fields such as ``temperature``, ``max_tokens``.
+        **kwargs: chat model fields such as ``temperature``, ``max_tokens``,
+            ``timeout`` (seconds).
 
     Returns:
-        a ``langchain_openai.ChatOpenAI`` with ``max_retries=0`` and
+        a ``langchain_openai`` ``BaseChatOpenAI`` (ChatOpenAI's base class, which
+        sends ``max_tokens`` as such) with ``max_retries=0`` and
         ``stream_usage=True``, so ``usage_metadata`` is filled for invoke and stream.
 
     Raises:
@@ -167,13 +169,13 @@ async def aget_local_chat_model(name: str = DEFAULT_LOCAL_MODEL, **kwargs: Any) 
 
 
 def chat_model_for_gguf(path: Path | str, **kwargs: Any) -> Any:
-    """A ``ChatOpenAI`` on a shared server for any GGUF file (started on first use).
+    """A chat model on a shared server for any GGUF file (started on first use).
 
     Args:
         path: a GGUF file (any name; the model id is the file's stem).
         **kwargs: server settings ``n_ctx``, ``n_threads``, ``chat_format``,
             ``startup_timeout`` (see :class:`LocalServer`); everything else goes to
-            ``ChatOpenAI``.
+            the chat model.
 
     Raises:
         LocalModelError: the runtime is not installed, the file does not exist, or

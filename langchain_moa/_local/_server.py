@@ -2,7 +2,7 @@
 
 The server is llama-cpp-python's own (``llama_cpp.server``), run in a subprocess by
 :mod:`langchain_moa._local._serve`, which adds token usage to streamed responses.
-Requests reach it over real HTTP through ``ChatOpenAI``, exactly like a hosted
+Requests reach it over real HTTP through langchain-openai, exactly like a hosted
 provider: usage, streaming, async and timeouts all take the same code path.
 
 Concurrency: llama-cpp-python serves one request at a time per server (a global
@@ -86,7 +86,11 @@ class LocalServer:
         n_ctx: context window in tokens (prompt + completion); default 4096, enough
             for an MoA aggregator prompt holding several candidate answers. A longer
             request gets HTTP 400 from the server.
-        n_threads: CPU threads for generation; default: all CPUs (``os.cpu_count()``).
+        n_threads: CPU threads for generation; default half the CPUs (at least 1),
+            llama-cpp-python's own default. On an idle 2-core machine 2 threads are
+            faster (about 25 vs 14 tokens/s for the 0.5B model), but when other
+            processes (tests, a second server) compete for the cores, 2 threads can
+            drop to 1-9 tokens/s while 1 thread keeps 10-11 tokens/s.
         n_threads_batch: CPU threads for prompt processing; default: as ``n_threads``.
         chat_format: llama-cpp-python chat format name; default ``None`` uses the chat
             template stored in the GGUF (right for the bundled Qwen models).
@@ -136,7 +140,7 @@ class LocalServer:
             )
         self.model_path = Path(model_path).expanduser()
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or os.cpu_count() or 1
+        self.n_threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
         self.n_threads_batch = n_threads_batch or self.n_threads
         self.chat_format = chat_format
         self.model_alias = model_alias or self.model_path.stem
@@ -230,6 +234,10 @@ class LocalServer:
                 self.port = sock.getsockname()[1]
                 log_fd, log_name = tempfile.mkstemp(prefix="langchain-moa-llama-", suffix=".log")
                 self.log_path = Path(log_name)
+                # llama.cpp's OpenMP threads spin while waiting by default; on shared
+                # cores that made 2-thread generation ~10x slower (1.1 vs 9-11 tokens/s)
+                env = {**os.environ}
+                env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
                 try:
                     self._proc = subprocess.Popen(
                         self._command(sock.fileno()),
@@ -237,6 +245,7 @@ class LocalServer:
                         stdout=log_fd,
                         stderr=subprocess.STDOUT,
                         pass_fds=(sock.fileno(),),
+                        env=env,
                         start_new_session=True,  # Ctrl-C in a terminal goes to us, not it
                     )
                 finally:
@@ -317,7 +326,7 @@ class LocalServer:
 
     # ------------------------------------------------------------------ clients
     def chat_model(self, **kwargs: Any) -> Any:
-        """A ``ChatOpenAI`` on this server (see :func:`chat_model_for_base_url`)."""
+        """A chat model on this server (see :func:`chat_model_for_base_url`)."""
         from langchain_moa._local._clients import chat_model_for_base_url
 
         return chat_model_for_base_url(self.base_url, self.model_alias, **kwargs)

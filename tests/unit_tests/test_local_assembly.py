@@ -96,13 +96,15 @@ def test_missing_chunk_is_named(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- processes
 def _assemble_in_child(parts, dest, sha, size, go, results) -> None:  # runs in a child
     go.wait(30)
-    started = time.monotonic()
+    started = time.time()
+    last_write = [None]
 
     def slow(_: int) -> None:  # make the write take ~1 s so the two runs overlap
         time.sleep(0.25)
+        last_write[0] = time.time()
 
     wrote = assemble([Path(p) for p in parts], Path(dest), sha, size, progress=slow)
-    results.put((os.getpid(), wrote, started, time.monotonic()))
+    results.put((wrote, started, last_write[0], time.time()))
 
 
 def _kill_self_mid_write(parts, dest, sha, size) -> None:  # runs in a child
@@ -128,12 +130,13 @@ def test_two_processes_assemble_exactly_once(tmp_path: Path) -> None:
         proc.join(30)
         assert proc.exitcode == 0
 
-    writers = [o for o in outcome if o[1] is True]
-    waiters = [o for o in outcome if o[1] is False]
+    writers = [o for o in outcome if o[0] is True]
+    waiters = [o for o in outcome if o[0] is False]
     assert len(writers) == 1 and len(waiters) == 1, outcome
-    (_, _, w_start, w_end), (_, _, o_start, o_end) = writers[0], waiters[0]
-    assert o_start < w_end, "the runs did not overlap; the lock was not exercised"
-    assert o_end >= w_end  # the waiter returned only after the writer finished
+    (_, _, w_last_write, _), (_, o_start, o_never_wrote, o_end) = writers[0], waiters[0]
+    assert o_never_wrote is None
+    assert o_start < w_last_write, "the runs did not overlap; the lock was not exercised"
+    assert o_end > w_last_write  # the waiter returned only after the writer's last block
     verify_file(dest, sha, size, trust_sidecar=False)
     assert temp_files(dest) == []
 

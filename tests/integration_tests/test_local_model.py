@@ -1,0 +1,273 @@
+"""The bundled Qwen2.5-Coder-0.5B-Instruct served by llama.cpp on 127.0.0.1, end to end.
+
+Real model, real HTTP: the assembled file's hash, server start/stop/failure, and
+``ChatOpenAI`` invoke / ainvoke / stream / astream / batch with ``usage_metadata``
+checked against the server's own ``usage`` JSON. Generations are kept to a few tokens
+(~25 tokens/s on 2 shared cores).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
+
+from langchain_moa.errors import LocalModelError
+from langchain_moa.local import (
+    BUNDLED_MODELS,
+    LOCAL_BASE_URL_ENV,
+    LocalServer,
+    ensure_model,
+    get_local_chat_model,
+    get_local_server,
+    shutdown_local_servers,
+)
+
+pytestmark = pytest.mark.local_model
+
+PROMPT = "What is the capital of France? Answer with one word."
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _raw_chat(server: LocalServer, **body) -> dict:
+    body = {"model": server.model_alias, "temperature": 0.0, **body}
+    response = httpx.post(f"{server.base_url}/chat/completions", json=body, timeout=120)
+    response.raise_for_status()
+    return response.json()
+
+
+def _raw_stream(server: LocalServer, **body) -> list[dict]:
+    body = {"model": server.model_alias, "temperature": 0.0, "stream": True, **body}
+    events = []
+    with httpx.stream(
+        "POST", f"{server.base_url}/chat/completions", json=body, timeout=120
+    ) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                events.append(json.loads(line[len("data: "):]))
+    return events
+
+
+# --------------------------------------------------------------------------- the file
+def test_assembled_file_has_the_pinned_size_and_sha256(local_model_path: Path) -> None:
+    model = BUNDLED_MODELS["qwen2.5-coder-0.5b"]
+    assert local_model_path.stat().st_size == model.size == 491_400_064
+    digest = hashlib.sha256()
+    with open(local_model_path, "rb") as fh:
+        while block := fh.read(8 << 20):
+            digest.update(block)
+    assert digest.hexdigest() == model.sha256
+    with open(local_model_path, "rb") as fh:
+        assert fh.read(4) == b"GGUF"
+
+
+def test_second_ensure_model_only_checks_the_sidecar(local_model_path: Path) -> None:
+    started = time.perf_counter()
+    assert ensure_model(progress=False) == local_model_path
+    assert time.perf_counter() - started < 0.05  # a full re-hash takes ~0.4-2 s
+
+
+# --------------------------------------------------------------------------- the server
+def test_server_lists_its_model(local_server: LocalServer) -> None:
+    response = httpx.get(f"{local_server.base_url}/models", timeout=30)
+    assert response.status_code == 200
+    assert [m["id"] for m in response.json()["data"]] == [local_server.model_alias]
+    assert local_server.base_url.startswith("http://127.0.0.1:")
+
+
+def test_invoke_usage_equals_the_servers_usage(local_server, local_chat_model) -> None:
+    raw = _raw_chat(local_server, messages=[{"role": "user", "content": PROMPT}], max_tokens=32)
+    message = local_chat_model.invoke(PROMPT)
+
+    assert message.content == raw["choices"][0]["message"]["content"]
+    assert "paris" in message.content.lower()
+    usage = raw["usage"]
+    assert message.usage_metadata["input_tokens"] == usage["prompt_tokens"] > 10
+    assert message.usage_metadata["output_tokens"] == usage["completion_tokens"] > 0
+    assert message.usage_metadata["total_tokens"] == usage["total_tokens"]
+    assert message.response_metadata["model_name"] == local_server.model_alias
+
+
+def test_stream_ends_with_a_usage_chunk_matching_the_non_streamed_usage(local_server) -> None:
+    messages = [{"role": "user", "content": "Count from 1 to 5, separated by commas."}]
+    plain = _raw_chat(local_server, messages=messages, max_tokens=24)
+    events = _raw_stream(
+        local_server, messages=messages, max_tokens=24, stream_options={"include_usage": True}
+    )
+    text = "".join(
+        e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"]
+    )
+    assert text == plain["choices"][0]["message"]["content"]
+    assert events[-1]["choices"] == []
+    assert events[-1]["usage"] == plain["usage"]
+
+
+def test_stream_yields_chunks_and_usage_metadata(local_chat_model) -> None:
+    chunks = list(local_chat_model.stream("Count from 1 to 5, separated by commas."))
+    assert len(chunks) > 3
+    assert all(isinstance(c, AIMessageChunk) for c in chunks)
+    total = chunks[0]
+    for chunk in chunks[1:]:
+        total = total + chunk
+    assert "1" in total.content and "5" in total.content
+    invoked = local_chat_model.invoke("Count from 1 to 5, separated by commas.")
+    assert total.content == invoked.content
+    assert total.usage_metadata["input_tokens"] == invoked.usage_metadata["input_tokens"]
+    assert total.usage_metadata["output_tokens"] == invoked.usage_metadata["output_tokens"]
+
+
+async def test_ainvoke_and_astream(local_chat_model) -> None:
+    message = await local_chat_model.ainvoke(PROMPT)
+    assert "paris" in message.content.lower()
+    assert message.usage_metadata["output_tokens"] > 0
+    total = None
+    async for chunk in local_chat_model.astream(PROMPT):
+        total = chunk if total is None else total + chunk
+    assert total is not None and total.content == message.content
+    assert total.usage_metadata == message.usage_metadata
+
+
+async def test_model_is_usable_from_a_second_event_loop(local_chat_model) -> None:
+    """A new loop per test (pytest-asyncio) must not break the shared async client."""
+    first = await local_chat_model.ainvoke("Say OK.")
+
+    def in_another_loop() -> str:
+        return asyncio.run(local_chat_model.ainvoke("Say OK.")).content
+
+    assert await asyncio.to_thread(in_another_loop) == first.content
+
+
+async def test_concurrent_requests_queue_on_the_server(local_chat_model) -> None:
+    prompts = [f"Reply with the number {i} only." for i in range(3)]
+    results = await asyncio.gather(*(local_chat_model.ainvoke(p) for p in prompts))
+    for i, message in enumerate(results):
+        assert str(i) in message.content
+        assert message.usage_metadata["total_tokens"] > 0
+
+
+def test_batch_keeps_order_and_usage(local_chat_model) -> None:
+    results = local_chat_model.batch(
+        [
+            "Reply with the word red only.",
+            [SystemMessage("Answer in one word."), HumanMessage("Colour of the sky?")],
+        ]
+    )
+    assert "red" in results[0].content.lower()
+    assert "blue" in results[1].content.lower()
+    assert all(r.usage_metadata["input_tokens"] > 0 for r in results)
+
+
+def test_context_overflow_is_an_openai_400(local_server_factory) -> None:
+    small = local_server_factory(n_ctx=256)
+    llm = small.chat_model(max_tokens=8)
+    with pytest.raises(openai.BadRequestError) as info:
+        llm.invoke("hello " * 400)
+    assert info.value.status_code == 400
+    assert "context" in str(info.value).lower()
+    small.stop()
+    assert not small.is_running()
+
+
+def test_start_failure_reports_the_server_output(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_bytes(b"GGUF" + b"\0" * 1024)
+    server = LocalServer(bogus, startup_timeout=60)
+    started = time.monotonic()
+    with pytest.raises(LocalModelError) as info:
+        server.start()
+    assert time.monotonic() - started < 60  # it noticed the exit, not the timeout
+    message = str(info.value)
+    assert str(bogus) in message and "exited with code" in message
+    assert "load" in message.lower()  # llama.cpp's own failure message is included
+    assert not server.is_running()
+
+
+def test_missing_model_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(LocalModelError, match="does not exist"):
+        LocalServer(tmp_path / "absent.gguf").start()
+
+
+def test_server_exits_when_its_parent_is_killed(local_model_path: Path) -> None:
+    code = textwrap.dedent(
+        f"""
+        import sys, time
+        from langchain_moa.local import LocalServer
+        server = LocalServer({str(local_model_path)!r}).start()
+        print(server.pid, server.port, flush=True)
+        time.sleep(600)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        line = parent.stdout.readline()
+        server_pid, port = (int(x) for x in line.split())
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).status_code == 200
+        parent.send_signal(signal.SIGKILL)  # no atexit, no cleanup
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(server_pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(server_pid, signal.SIGKILL)
+            pytest.fail("the server outlived its parent by 10 s")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+# --------------------------------------------------------------------------- registry
+def test_get_local_chat_model_starts_one_server_and_reuses_it(local_model_path) -> None:
+    try:
+        first = get_local_chat_model("qwen2.5-coder-0.5b", temperature=0, max_tokens=8)
+        second = get_local_chat_model("qwen2.5-coder-0.5b", temperature=0.7, max_tokens=16)
+        assert first.openai_api_base == second.openai_api_base
+        assert (first.max_retries, first.stream_usage, first.model_name) == (
+            0, True, "qwen2.5-coder-0.5b")
+        server = get_local_server("qwen2.5-coder-0.5b")
+        assert server.base_url == first.openai_api_base
+        assert "paris" in first.invoke(PROMPT).content.lower()
+        # the same file named by its path reuses the same server
+        by_path = get_local_chat_model(str(local_model_path), max_tokens=8)
+        assert by_path.openai_api_base == first.openai_api_base
+    finally:
+        shutdown_local_servers()
+    assert not server.is_running()
+
+
+def test_a_dead_shared_server_is_restarted(local_model_path) -> None:
+    try:
+        server = get_local_server("qwen2.5-coder-0.5b")
+        server.kill()
+        again = get_local_server("qwen2.5-coder-0.5b")
+        assert again is not server and again.is_running()
+    finally:
+        shutdown_local_servers()
+
+
+def test_base_url_env_points_at_an_existing_server(
+    local_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(LOCAL_BASE_URL_ENV, local_server.base_url)
+    llm = get_local_chat_model("qwen2.5-coder-0.5b", temperature=0, max_tokens=8)
+    assert llm.openai_api_base == local_server.base_url
+    assert "paris" in llm.invoke(PROMPT).content.lower()

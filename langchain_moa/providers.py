@@ -277,4 +277,3 @@ def resolve_logical_model(
             f"logical model {name!r} has no id on providers {missing}; it is on {list(ids)}"
         )
     return [f"{p}/{ids[p]}" for p in wanted]
-

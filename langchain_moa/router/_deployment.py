@@ -73,7 +73,9 @@ class Deployment(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> Deployment:
         if (self.model is None) == (self.llm is None):
-            raise ValueError("Deployment needs exactly one of model='provider/model' or llm=<BaseChatModel>")
+            raise ValueError(
+                "Deployment needs exactly one of model='provider/model' or llm=<BaseChatModel>"
+            )
         if self.model is not None:
             parse_model_name(self.model)  # raises ConfigurationError naming known providers
         if self.name is None:

@@ -88,7 +88,9 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if not isinstance(self.retries, int) or self.retries < 0:
-            raise ConfigurationError(f"RetryPolicy.retries must be an int >= 0, got {self.retries!r}")
+            raise ConfigurationError(
+                f"RetryPolicy.retries must be an int >= 0, got {self.retries!r}"
+            )
 
 
 DEFAULT_RETRY_POLICY: dict[str, RetryPolicy] = {
@@ -156,7 +158,7 @@ def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
     if dt.tzinfo is None:  # RFC says GMT
         import datetime as _dt
 
-        dt = dt.replace(tzinfo=_dt.timezone.utc)
+        dt = dt.replace(tzinfo=_dt.UTC)
     now = time.time() if now is None else now
     return max(0.0, dt.timestamp() - now)
 
@@ -213,14 +215,21 @@ def classify_error(exc: BaseException, now: float | None = None) -> ErrorInfo:
         return ErrorInfo("auth", None, None, str(exc))
     # timeouts before connection errors: APITimeoutError subclasses APIConnectionError
     timeouts = (
-        openai.APITimeoutError, TimeoutError, asyncio.TimeoutError, httpx.TimeoutException,
-        lc_exc.ModelTimeoutError, *_HTTPX2_TIMEOUT,
+        openai.APITimeoutError,
+        TimeoutError,
+        asyncio.TimeoutError,
+        httpx.TimeoutException,
+        lc_exc.ModelTimeoutError,
+        *_HTTPX2_TIMEOUT,
     )
     if isinstance(exc, timeouts):
         return ErrorInfo("timeout", None, None, msg)
     transport = (
-        openai.APIConnectionError, httpx.TransportError, ConnectionError,
-        lc_exc.ModelConnectionError, *_HTTPX2_TRANSPORT,
+        openai.APIConnectionError,
+        httpx.TransportError,
+        ConnectionError,
+        lc_exc.ModelConnectionError,
+        *_HTTPX2_TRANSPORT,
     )
     if isinstance(exc, transport):
         return ErrorInfo("connection", None, None, msg)
@@ -297,7 +306,9 @@ def state_of(rec: dict[str, Any], now: float) -> tuple[str, float | None]:
     return state, None
 
 
-def claim(rec: dict[str, Any], now: float, cfg: HealthConfig) -> tuple[dict[str, Any], tuple[bool, str, float | None, bool]]:
+def claim(
+    rec: dict[str, Any], now: float, cfg: HealthConfig
+) -> tuple[dict[str, Any], tuple[bool, str, float | None, bool]]:
     """Ask to send a request now. Pure function for :meth:`RouterStore.health_update`.
 
     Returns ``(new_record, (allowed, reason, ready_at, is_probe))``; ``ready_at`` is
@@ -310,13 +321,23 @@ def claim(rec: dict[str, Any], now: float, cfg: HealthConfig) -> tuple[dict[str,
         return rec, (False, f"disabled: {rec.get('reason', '')}", None, False)
     if state == "cooling":
         if now < until:
-            return rec, (False, f"cooling down ({rec.get('reason', '')}) for {until - now:.2f} s", until, False)
+            return rec, (
+                False,
+                f"cooling down ({rec.get('reason', '')}) for {until - now:.2f} s",
+                until,
+                False,
+            )
         rec["state"] = "healthy"
         rec.pop("until", None)
         return rec, (True, "", None, False)
     if state == "open":
         if now < until:
-            return rec, (False, f"circuit open ({rec.get('reason', '')}) for {until - now:.2f} s", until, False)
+            return rec, (
+                False,
+                f"circuit open ({rec.get('reason', '')}) for {until - now:.2f} s",
+                until,
+                False,
+            )
         state = rec["state"] = "half-open"
         rec.pop("probe_at", None)
     if state == "half-open":

@@ -47,9 +47,13 @@ class Limits:
         for name in ("rpm", "tpm"):
             v = getattr(self, name)
             if v is not None and not v > 0:
-                raise ConfigurationError(f"{name} must be > 0 (per {self.window:g} s) or None, got {v!r}")
+                raise ConfigurationError(
+                    f"{name} must be > 0 (per {self.window:g} s) or None, got {v!r}"
+                )
         if self.max_concurrency is not None and self.max_concurrency < 1:
-            raise ConfigurationError(f"max_concurrency must be >= 1 or None, got {self.max_concurrency!r}")
+            raise ConfigurationError(
+                f"max_concurrency must be >= 1 or None, got {self.max_concurrency!r}"
+            )
         if not self.window > 0:
             raise ConfigurationError(f"window must be > 0 seconds, got {self.window!r}")
 
@@ -108,12 +112,20 @@ def try_acquire(
             rid, wait = store.window_acquire(key, amount, float(limit), lim.window, now, lim.pace)
             if rid is None:
                 lease.release(refund=True)
-                return None, wait, f"{scope}: {kind} limit {limit:g}/{lim.window:g}s, next slot in {wait:.2f} s"
+                return (
+                    None,
+                    wait,
+                    f"{scope}: {kind} limit {limit:g}/{lim.window:g}s, next slot in {wait:.2f} s",
+                )
             lease.windows.append((key, rid, kind))
     for scope, lim in scopes:
         key = f"inflight:{scope}"
         if not store.slot_acquire(key, lim.max_concurrency):
             lease.release(refund=True)
-            return None, CONCURRENCY_POLL_S, f"{scope}: max_concurrency {lim.max_concurrency} reached"
+            return (
+                None,
+                CONCURRENCY_POLL_S,
+                f"{scope}: max_concurrency {lim.max_concurrency} reached",
+            )
         lease.slots.append(key)
     return lease, 0.0, ""

@@ -62,7 +62,6 @@ from langchain_moa.router._health import (
     BREAKER_KINDS,
     DEFAULT_RETRY_POLICY,
     KINDS,
-    ErrorInfo,
     HealthConfig,
     RetryPolicy,
     backoff,
@@ -144,7 +143,7 @@ class _Waker:
             self._futures.append((loop, fut))
         try:
             await asyncio.wait_for(fut, timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             pass
 
 
@@ -270,7 +269,9 @@ class _Attempt(Runnable[Any, Any]):
 
         return await self._acall_with_config(run, input, self._config(config))
 
-    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
+    def stream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[Any]:
         def gen(inputs: Iterator[Any]) -> Iterator[Any]:
             msgs = None
             for x in inputs:
@@ -419,15 +420,19 @@ class ProviderRouter(BaseChatModel):
         unknown = set(self.retry_policy) - set(KINDS)
         if unknown:
             raise ConfigurationError(
-                f"retry_policy has unknown error kinds {sorted(unknown)}; valid kinds: {list(KINDS)}"
+                f"retry_policy has unknown error kinds {sorted(unknown)}; "
+                f"valid kinds: {list(KINDS)}"
             )
         lo, hi = self.rate_limit_backoff
         if not (0 < lo <= hi):
             raise ConfigurationError(
-                f"rate_limit_backoff must be (initial, max) with 0 < initial <= max, got {self.rate_limit_backoff}"
+                "rate_limit_backoff must be (initial, max) with 0 < initial <= max, "
+                f"got {self.rate_limit_backoff}"
             )
         if self.store is not None and not isinstance(self.store, RouterStore):
-            raise ConfigurationError(f"store must be a RouterStore, got {type(self.store).__name__}")
+            raise ConfigurationError(
+                f"store must be a RouterStore, got {type(self.store).__name__}"
+            )
 
     def model_post_init(self, __context: Any) -> None:
         lo, hi = self.rate_limit_backoff
@@ -579,7 +584,11 @@ class ProviderRouter(BaseChatModel):
         return chars // 4 + 4 * len(messages)
 
     def _new_request(
-        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any], streaming: bool
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        streaming: bool,
     ) -> _Request:
         kwargs = dict(kwargs)
         strategy = kwargs.pop("strategy", None) or self.strategy
@@ -589,13 +598,12 @@ class ProviderRouter(BaseChatModel):
         model = kwargs.pop("model", None)
         if model is not None:
             pinned = {
-                str(d.name)
-                for d in self.deployments
-                if model in (d.name, d.model, d.model_id)
+                str(d.name) for d in self.deployments if model in (d.name, d.model, d.model_id)
             }
             if not pinned:
                 raise ConfigurationError(
-                    f"model={model!r} matches no deployment; names: {[d.name for d in self.deployments]}"
+                    f"model={model!r} matches no deployment; "
+                    f"names: {[d.name for d in self.deployments]}"
                 )
         if self.temperature is not None:
             kwargs.setdefault("temperature", self.temperature)
@@ -622,8 +630,13 @@ class ProviderRouter(BaseChatModel):
         return [d for d in self.deployments if req.pinned is None or d.name in req.pinned]
 
     def _context_skip(self, req: _Request, d: Deployment) -> str | None:
-        if req.min_context is not None and (d.context_window is None or d.context_window <= req.min_context):
-            return f"context window {d.context_window} not larger than {req.min_context} (context-length error)"
+        if req.min_context is not None and (
+            d.context_window is None or d.context_window <= req.min_context
+        ):
+            return (
+                f"context window {d.context_window} not larger than {req.min_context} "
+                "(context-length error)"
+            )
         if d.context_window is not None and req.prompt_tokens > d.context_window:
             return f"prompt ~{req.prompt_tokens} tokens > context_window {d.context_window}"
         return None
@@ -656,7 +669,9 @@ class ProviderRouter(BaseChatModel):
             else:
                 reason = self._context_skip(req, d)
             if reason:
-                skipped.append({"deployment": d.name, "score": None, "note": None, "skipped": reason})
+                skipped.append(
+                    {"deployment": d.name, "score": None, "note": None, "skipped": reason}
+                )
             else:
                 eligible.append(d)
         with self._rng_lock:
@@ -677,7 +692,13 @@ class ProviderRouter(BaseChatModel):
                 req.pending = str(ranked[0][0].name)
                 self._store.slot_acquire(f"pending:{req.pending}", None)
         req.candidates = [
-            {"deployment": d.name, "rank": i + 1, "score": _finite(s), "note": note, "skipped": None}
+            {
+                "deployment": d.name,
+                "rank": i + 1,
+                "score": _finite(s),
+                "note": note,
+                "skipped": None,
+            }
             for i, (d, s, note) in enumerate(ranked)
         ] + skipped
         max_retries = max((p.retries for p in self._policies.values()), default=0)
@@ -700,7 +721,9 @@ class ProviderRouter(BaseChatModel):
             await asyncio.sleep(wait)
 
     def _busy(self, name: str) -> int:
-        return self._store.slot_count(f"inflight:{name}") + self._store.slot_count(f"pending:{name}")
+        return self._store.slot_count(f"inflight:{name}") + self._store.slot_count(
+            f"pending:{name}"
+        )
 
     def _release_pending(self, req: _Request) -> None:
         if req.pending is not None:
@@ -802,7 +825,10 @@ class ProviderRouter(BaseChatModel):
             raise _Failover(name, ctx_reason)
         now = time.time()
         scopes = [
-            (ROUTER_SCOPE, Limits(self.rpm, self.tpm, self.max_concurrency, window=self.limit_window)),
+            (
+                ROUTER_SCOPE,
+                Limits(self.rpm, self.tpm, self.max_concurrency, window=self.limit_window),
+            ),
             (name, Limits(d.rpm, d.tpm, d.max_concurrency, window=self.limit_window)),
         ]
         tokens = req.prompt_tokens + req.output_tokens
@@ -841,7 +867,13 @@ class ProviderRouter(BaseChatModel):
         req.skipped_once.add(name)
         self._stats[name].skips += 1
         req.attempts.append(
-            {"deployment": name, "outcome": "skipped", "reason": reason, "count": 1, "pass": req.passes}
+            {
+                "deployment": name,
+                "outcome": "skipped",
+                "reason": reason,
+                "count": 1,
+                "pass": req.passes,
+            }
         )
 
     def _prepare(self, req: _Request, d: Deployment) -> tuple[BaseChatModel, dict[str, Any]]:
@@ -850,11 +882,17 @@ class ProviderRouter(BaseChatModel):
         tools = kw.pop("tools", None)
         tool_choice = kw.pop("tool_choice", None)
         if tools:
-            bound = llm.bind_tools(tools, tool_choice=tool_choice) if tool_choice is not None else llm.bind_tools(tools)
+            bound = (
+                llm.bind_tools(tools, tool_choice=tool_choice)
+                if tool_choice is not None
+                else llm.bind_tools(tools)
+            )
             kw = {**getattr(bound, "kwargs", {}), **kw}
         return llm, kw
 
-    def _prepare_or_fail(self, req: _Request, d: Deployment) -> tuple[BaseChatModel, dict[str, Any]]:
+    def _prepare_or_fail(
+        self, req: _Request, d: Deployment
+    ) -> tuple[BaseChatModel, dict[str, Any]]:
         """Build the client *before* taking the limits, so that admission time is send
         time (building a client takes long enough on first use to bunch paced requests)."""
         try:
@@ -869,7 +907,13 @@ class ProviderRouter(BaseChatModel):
             raise
 
     def _on_error(
-        self, req: _Request, d: Deployment, exc: BaseException, latency: float, probe: bool, after_first: bool = False
+        self,
+        req: _Request,
+        d: Deployment,
+        exc: BaseException,
+        latency: float,
+        probe: bool,
+        after_first: bool = False,
     ) -> None:
         """Record a failed attempt and raise what the policy says (always raises)."""
         name = str(d.name)
@@ -882,7 +926,9 @@ class ProviderRouter(BaseChatModel):
         disable_reason = ""
         if info.kind == "auth":
             env = d.api_key_env
-            where = f"the environment variable {env}" if env else "the api_key given to the deployment"
+            where = (
+                f"the environment variable {env}" if env else "the api_key given to the deployment"
+            )
             what = f"HTTP {info.status}" if info.status else "missing key"
             disable_reason = f"{what} from {name}: check the API key in {where} ({info.message})"
         elif info.kind == "not_found":
@@ -984,7 +1030,9 @@ class ProviderRouter(BaseChatModel):
         msg.response_metadata = meta
         return msg  # type: ignore[return-value]
 
-    def _attempt_invoke(self, req: _Request, d: Deployment, retry: int, messages: list[BaseMessage]) -> AIMessage:
+    def _attempt_invoke(
+        self, req: _Request, d: Deployment, retry: int, messages: list[BaseMessage]
+    ) -> AIMessage:
         delay = self._retry_delay(req, d, retry)
         if delay is None:
             raise _Failover(str(d.name), "no retry needed")
@@ -1001,7 +1049,9 @@ class ProviderRouter(BaseChatModel):
             lease.release()
             self._on_error(req, d, e, time.monotonic() - t0, probe)
             raise  # unreachable
-        decision = self._on_success(req, d, result.generations[0].message, lease, time.monotonic() - t0, None, probe)
+        decision = self._on_success(
+            req, d, result.generations[0].message, lease, time.monotonic() - t0, None, probe
+        )
         return self._finish_message(result, d, decision)
 
     async def _attempt_ainvoke(
@@ -1022,11 +1072,15 @@ class ProviderRouter(BaseChatModel):
             lease.release()
             self._on_error(req, d, e, time.monotonic() - t0, probe)
             raise
-        decision = self._on_success(req, d, result.generations[0].message, lease, time.monotonic() - t0, None, probe)
+        decision = self._on_success(
+            req, d, result.generations[0].message, lease, time.monotonic() - t0, None, probe
+        )
         return self._finish_message(result, d, decision)
 
     @staticmethod
-    def _inner_stream(llm: BaseChatModel, messages: list[BaseMessage], stop: Any, kw: dict[str, Any]) -> Iterator[ChatGenerationChunk]:
+    def _inner_stream(
+        llm: BaseChatModel, messages: list[BaseMessage], stop: Any, kw: dict[str, Any]
+    ) -> Iterator[ChatGenerationChunk]:
         if type(llm)._stream is BaseChatModel._stream:
             result = llm._generate(messages, stop=stop, **kw)
             yield _to_chunk(result.generations[0])
@@ -1037,14 +1091,19 @@ class ProviderRouter(BaseChatModel):
     async def _ainner_stream(
         llm: BaseChatModel, messages: list[BaseMessage], stop: Any, kw: dict[str, Any]
     ) -> AsyncIterator[ChatGenerationChunk]:
-        if type(llm)._astream is BaseChatModel._astream and type(llm)._stream is BaseChatModel._stream:
+        if (
+            type(llm)._astream is BaseChatModel._astream
+            and type(llm)._stream is BaseChatModel._stream
+        ):
             result = await llm._agenerate(messages, stop=stop, **kw)
             yield _to_chunk(result.generations[0])
             return
         async for c in llm._astream(messages, stop=stop, **kw):
             yield c
 
-    def _final_chunk(self, acc: ChatGenerationChunk | None, d: Deployment, decision: dict[str, Any]) -> ChatGenerationChunk:
+    def _final_chunk(
+        self, acc: ChatGenerationChunk | None, d: Deployment, decision: dict[str, Any]
+    ) -> ChatGenerationChunk:
         meta: dict[str, Any] = {"router": decision}
         have = {}
         if acc is not None:
@@ -1158,7 +1217,11 @@ class ProviderRouter(BaseChatModel):
         if run_manager is not None:
             # LLM run managers have no get_child(); build the child manager the same
             # way ParentRunManager.get_child() does so attempts nest under the router run.
-            cls = AsyncCallbackManager if isinstance(run_manager, AsyncCallbackManagerForLLMRun) else CallbackManager
+            cls = (
+                AsyncCallbackManager
+                if isinstance(run_manager, AsyncCallbackManagerForLLMRun)
+                else CallbackManager
+            )
             manager = cls(handlers=[], parent_run_id=run_manager.run_id)
             manager.set_handlers(run_manager.inheritable_handlers)
             manager.add_tags(run_manager.inheritable_tags)
@@ -1179,10 +1242,14 @@ class ProviderRouter(BaseChatModel):
                 entries = self._plan(req)
                 if entries:
                     try:
-                        msg = self._chain(req, entries).invoke(messages, self._chain_config(run_manager))
+                        msg = self._chain(req, entries).invoke(
+                            messages, self._chain_config(run_manager)
+                        )
                         if run_manager is not None:
                             self._chain_config(run_manager)["callbacks"].on_custom_event(
-                                DECISION_EVENT, msg.response_metadata["router"], run_id=run_manager.run_id
+                                DECISION_EVENT,
+                                msg.response_metadata["router"],
+                                run_id=run_manager.run_id,
                             )
                         return ChatResult(generations=[ChatGeneration(message=msg)])
                     except _Failover:
@@ -1209,7 +1276,9 @@ class ProviderRouter(BaseChatModel):
                         )
                         if run_manager is not None:
                             await self._chain_config(run_manager)["callbacks"].on_custom_event(
-                                DECISION_EVENT, msg.response_metadata["router"], run_id=run_manager.run_id
+                                DECISION_EVENT,
+                                msg.response_metadata["router"],
+                                run_id=run_manager.run_id,
                             )
                         return ChatResult(generations=[ChatGeneration(message=msg)])
                     except _Failover:

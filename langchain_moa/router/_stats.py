@@ -45,8 +45,14 @@ class DeploymentStats:
     def _ewma(self, old: float | None, x: float) -> float:
         return x if old is None else self.alpha * x + (1 - self.alpha) * old
 
-    def success(self, latency_s: float, ttft_s: float | None, tokens_in: int, tokens_out: int,
-                cost: float | None) -> None:
+    def success(
+        self,
+        latency_s: float,
+        ttft_s: float | None,
+        tokens_in: int,
+        tokens_out: int,
+        cost: float | None,
+    ) -> None:
         with self._lock:
             self.successes += 1
             self.latencies.append(latency_s)

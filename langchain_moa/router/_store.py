@@ -106,15 +106,18 @@ class RouterStore(ABC):
         """The deployment's health record (``{}`` when never touched)."""
 
     @abstractmethod
-    def health_update(self, name: str, fn: Callable[[dict[str, Any]], tuple[dict[str, Any], T]]) -> T:
+    def health_update(
+        self, name: str, fn: Callable[[dict[str, Any]], tuple[dict[str, Any], T]]
+    ) -> T:
         """Atomically replace the record by ``fn(record)[0]`` and return ``fn(record)[1]``.
 
         ``fn`` may be called more than once (optimistic stores retry on conflict),
         so it must be a pure function of the record.
         """
 
-    def reset(self) -> None:  # pragma: no cover - optional
-        """Forget all state (tests, or after changing deployments)."""
+    def reset(self) -> None:
+        """Forget all state (tests, or after changing deployments). Optional."""
+        raise NotImplementedError(f"{type(self).__name__} cannot reset")
 
 
 class InMemoryStore(RouterStore):
@@ -170,7 +173,9 @@ class InMemoryStore(RouterStore):
         with self._lock:
             return dict(self._health.get(name, {}))
 
-    def health_update(self, name: str, fn: Callable[[dict[str, Any]], tuple[dict[str, Any], T]]) -> T:
+    def health_update(
+        self, name: str, fn: Callable[[dict[str, Any]], tuple[dict[str, Any], T]]
+    ) -> T:
         with self._lock:
             new, out = fn(dict(self._health.get(name, {})))
             self._health[name] = new
@@ -272,7 +277,9 @@ class RedisStore(RouterStore):
         self._r.hdel(k + ":amt", reservation_id)
 
     def slot_acquire(self, key: str, limit: int | None) -> bool:
-        return int(self._slot(keys=[self._k("slot", key)], args=[-1 if limit is None else limit])) == 1
+        return (
+            int(self._slot(keys=[self._k("slot", key)], args=[-1 if limit is None else limit])) == 1
+        )
 
     def slot_release(self, key: str) -> None:
         k = self._k("slot", key)
@@ -286,7 +293,9 @@ class RedisStore(RouterStore):
         raw = self._r.get(self._k("health", name))
         return json.loads(raw) if raw else {}
 
-    def health_update(self, name: str, fn: Callable[[dict[str, Any]], tuple[dict[str, Any], T]]) -> T:
+    def health_update(
+        self, name: str, fn: Callable[[dict[str, Any]], tuple[dict[str, Any], T]]
+    ) -> T:
         import redis  # local import: optional dependency
 
         k = self._k("health", name)

@@ -58,7 +58,9 @@ def rank(
                 scored.append((d, math.inf, "price unknown"))
             else:
                 c = (prompt_tokens * p[0] + output_tokens * p[1]) / 1e6
-                scored.append((d, c, f"expected ${c:.8f} ({prompt_tokens} in + {output_tokens} out tokens)"))
+                scored.append(
+                    (d, c, f"expected ${c:.8f} ({prompt_tokens} in + {output_tokens} out tokens)")
+                )
         scored.sort(key=lambda t: (t[1], order[t[0].name]))
     elif strategy == "latency":
         for d in deployments:
@@ -75,7 +77,9 @@ def rank(
         for d in deployments:
             u = rng.random()
             key = u ** (1.0 / d.weight) if u > 0 else 0.0
-            scored.append((d, key, f"weight {d.weight:g} ({d.weight / total:.0%} share), key {key:.4f}"))
+            scored.append(
+                (d, key, f"weight {d.weight:g} ({d.weight / total:.0%} share), key {key:.4f}")
+            )
         scored.sort(key=lambda t: (-t[1], order[t[0].name]))
     elif strategy == "least-busy":
         for d in deployments:

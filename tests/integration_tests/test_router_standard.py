@@ -36,8 +36,12 @@ from langchain_tests.unit_tests import ChatModelUnitTests  # noqa: E402
 def _params(base_url: str) -> dict[str, Any]:
     return {
         "deployments": [
-            Deployment(model=f"llamacpp/{MODEL}", base_url=base_url, name="local-a", context_window=4096),
-            Deployment(model=f"llamacpp/{MODEL}", base_url=base_url, name="local-b", context_window=4096),
+            Deployment(
+                model=f"llamacpp/{MODEL}", base_url=base_url, name="local-a", context_window=4096
+            ),
+            Deployment(
+                model=f"llamacpp/{MODEL}", base_url=base_url, name="local-b", context_window=4096
+            ),
         ],
         "strategy": "least-busy",
         "deadline": 120.0,

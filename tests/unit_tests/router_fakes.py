@@ -32,13 +32,19 @@ _CLASSES: dict[int, type[openai.APIStatusError]] = {
 }
 
 
-def http_error(status: int, headers: dict[str, str] | None = None, message: str | None = None,
-               code: str | None = None) -> openai.APIStatusError:
+def http_error(
+    status: int,
+    headers: dict[str, str] | None = None,
+    message: str | None = None,
+    code: str | None = None,
+) -> openai.APIStatusError:
     """The exception the openai SDK raises for an HTTP ``status`` answer."""
     body = {"error": {"message": message or f"HTTP {status}", "type": "test", "code": code}}
     request = _http.Request("POST", URL)
     response = _http.Response(status, headers=headers or {}, json=body, request=request)
-    cls = _CLASSES.get(status, openai.InternalServerError if status >= 500 else openai.APIStatusError)
+    cls = _CLASSES.get(
+        status, openai.InternalServerError if status >= 500 else openai.APIStatusError
+    )
     return cls(message or f"Error code: {status}", response=response, body=body["error"])
 
 
@@ -57,7 +63,8 @@ def connection_error() -> openai.APIConnectionError:
 def context_error() -> openai.BadRequestError:
     return http_error(  # type: ignore[return-value]
         400,
-        message="This model's maximum context length is 4096 tokens. However, you requested 9000 tokens.",
+        message="This model's maximum context length is 4096 tokens. "
+        "However, you requested 9000 tokens.",
         code="context_length_exceeded",
     )
 

@@ -12,7 +12,11 @@ from langchain_core.callbacks import BaseCallbackHandler, UsageMetadataCallbackH
 from langchain_core.messages import AIMessage
 from pydantic import BaseModel
 
-from langchain_moa.errors import ConfigurationError, DeploymentDisabledError, NoDeploymentAvailableError
+from langchain_moa.errors import (
+    ConfigurationError,
+    DeploymentDisabledError,
+    NoDeploymentAvailableError,
+)
 from langchain_moa.router import Deployment, ProviderRouter, RetryPolicy
 from tests.unit_tests.moa_fakes import Gauge, ScriptedChat, ToolJudge
 from tests.unit_tests.router_fakes import (
@@ -27,25 +31,37 @@ from tests.unit_tests.router_fakes import (
 
 def router_of(*llms: ScriptedChat, **kw: Any) -> ProviderRouter:
     deployments = kw.pop("deployments", None) or [
-        Deployment(llm=m, name=n) for n, m in zip("abcdef", llms)
+        Deployment(llm=m, name=n) for n, m in zip("abcdef", llms, strict=False)
     ]
     kw.setdefault("deadline", 10.0)
     return ProviderRouter(deployments=deployments, **kw)
 
 
 def attempts(msg: AIMessage) -> list[tuple[str, str]]:
-    return [(a["deployment"], a.get("error_kind") or a["outcome"]) for a in msg.response_metadata["router"]["attempts"]]
+    return [
+        (a["deployment"], a.get("error_kind") or a["outcome"])
+        for a in msg.response_metadata["router"]["attempts"]
+    ]
 
 
 class TestConstruction:
     def test_duplicate_names_are_named(self) -> None:
         with pytest.raises(ConfigurationError, match="'x' appears twice"):
-            ProviderRouter(deployments=[Deployment(llm=ScriptedChat(), name="x"),
-                                        Deployment(llm=ScriptedChat(), name="x")])
+            ProviderRouter(
+                deployments=[
+                    Deployment(llm=ScriptedChat(), name="x"),
+                    Deployment(llm=ScriptedChat(), name="x"),
+                ]
+            )
 
     def test_model_string_is_the_default_name(self) -> None:
-        r = ProviderRouter(deployments=["openai/gpt-4o-mini", Deployment(model="groq:llama-3.1-8b-instant")])
-        assert [d.name for d in r.deployments] == ["openai/gpt-4o-mini", "groq:llama-3.1-8b-instant"]
+        r = ProviderRouter(
+            deployments=["openai/gpt-4o-mini", Deployment(model="groq:llama-3.1-8b-instant")]
+        )
+        assert [d.name for d in r.deployments] == [
+            "openai/gpt-4o-mini",
+            "groq:llama-3.1-8b-instant",
+        ]
 
     def test_bad_strategy_and_policy(self) -> None:
         with pytest.raises(ValueError, match="strategy"):
@@ -117,7 +133,14 @@ class TestRateLimits:
 
 class TestTransient:
     @pytest.mark.parametrize(
-        "error", [http_error(500), http_error(503), timeout_error(), connection_error(), ValueError("garbage")]
+        "error",
+        [
+            http_error(500),
+            http_error(503),
+            timeout_error(),
+            connection_error(),
+            ValueError("garbage"),
+        ],
     )
     def test_transient_errors_fall_over(self, error: Exception) -> None:
         router = router_of(ScriptedChat(replies=[error]), ScriptedChat(replies=["b"]))
@@ -152,7 +175,9 @@ class TestTransient:
 
     def test_probe_failure_reopens(self) -> None:
         a = TimedChat(replies=[http_error(503), http_error(503), "a"])
-        router = router_of(a, ScriptedChat(replies=["b"]), failure_threshold=1, circuit_cooldown=0.2)
+        router = router_of(
+            a, ScriptedChat(replies=["b"]), failure_threshold=1, circuit_cooldown=0.2
+        )
         router.invoke("q")
         time.sleep(0.25)
         assert router.invoke("q").content == "b"  # the probe failed
@@ -168,8 +193,7 @@ class TestTransient:
 
     async def test_timeout_per_attempt_async(self) -> None:
         slow = ScriptedChat(replies=["slow"], delay=1.0)
-        router = router_of(slow, ScriptedChat(replies=["fast"]),
-                           deployments=None, timeout=0.2)
+        router = router_of(slow, ScriptedChat(replies=["fast"]), deployments=None, timeout=0.2)
         t0 = time.time()
         assert (await router.ainvoke("q")).content == "fast"
         assert time.time() - t0 < 0.6
@@ -182,7 +206,9 @@ class TestTransient:
     def test_same_deployment_retries_before_failover(self) -> None:
         a = TimedChat(replies=[http_error(500), http_error(500), "a third time"])
         b = ScriptedChat(replies=["b"])
-        router = router_of(a, b, retry_policy={"server": RetryPolicy(retries=2)}, failure_threshold=5)
+        router = router_of(
+            a, b, retry_policy={"server": RetryPolicy(retries=2)}, failure_threshold=5
+        )
         msg = router.invoke("q")
         assert msg.content == "a third time" and len(b.calls) == 0
         assert len(a.times) == 3 and a.times[1] - a.times[0] >= 0.25  # jittered backoff
@@ -193,14 +219,18 @@ class TestPermanent:
         monkeypatch.setenv("GROQ_API_KEY", "bad")
         groq = Deployment(model="groq/llama-3.1-8b-instant")
         groq._built = ScriptedChat(replies=[http_error(401)])  # what ChatOpenAI would raise
-        router = ProviderRouter(deployments=[groq, Deployment(llm=ScriptedChat(replies=["b"]), name="b")])
+        router = ProviderRouter(
+            deployments=[groq, Deployment(llm=ScriptedChat(replies=["b"]), name="b")]
+        )
         assert router.invoke("q").content == "b"
         st = router.stats()["groq/llama-3.1-8b-instant"]
         assert st["state"] == "disabled" and "GROQ_API_KEY" in st["state_reason"]
         router.invoke("q")
         assert len(groq._built.calls) == 1
 
-    def test_missing_key_disables_and_fails_fast_naming_it(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_missing_key_disables_and_fails_fast_naming_it(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         monkeypatch.delenv("MISTRAL_API_KEY", raising=False)
         router = ProviderRouter(deployments=["mistral/mistral-small-latest"], deadline=30)
         t0 = time.time()
@@ -227,39 +257,53 @@ class TestPermanent:
         small = ScriptedChat(replies=[context_error()])
         mid = ScriptedChat(replies=["mid"])
         big = ScriptedChat(replies=["big"])
-        router = ProviderRouter(deployments=[
-            Deployment(llm=small, name="small", context_window=4096),
-            Deployment(llm=mid, name="mid", context_window=4096),
-            Deployment(llm=big, name="big", context_window=128_000),
-        ])
+        router = ProviderRouter(
+            deployments=[
+                Deployment(llm=small, name="small", context_window=4096),
+                Deployment(llm=mid, name="mid", context_window=4096),
+                Deployment(llm=big, name="big", context_window=128_000),
+            ]
+        )
         msg = router.invoke("q")
         assert msg.content == "big" and mid.calls == []
-        skipped = {c["deployment"]: c["skipped"] for c in msg.response_metadata["router"]["candidates"]}
+        skipped = {
+            c["deployment"]: c["skipped"] for c in msg.response_metadata["router"]["candidates"]
+        }
         assert skipped["small"] is None
 
     def test_context_length_without_larger_window_raises(self) -> None:
-        router = ProviderRouter(deployments=[
-            Deployment(llm=ScriptedChat(replies=[context_error()]), name="a", context_window=4096),
-            Deployment(llm=ScriptedChat(replies=["b"]), name="b", context_window=2048),
-        ])
+        router = ProviderRouter(
+            deployments=[
+                Deployment(
+                    llm=ScriptedChat(replies=[context_error()]), name="a", context_window=4096
+                ),
+                Deployment(llm=ScriptedChat(replies=["b"]), name="b", context_window=2048),
+            ]
+        )
         with pytest.raises(openai.BadRequestError, match="maximum context length"):
             router.invoke("q")
 
     def test_prompt_larger_than_window_is_skipped_up_front(self) -> None:
         tiny = ScriptedChat(replies=["tiny"])
-        router = ProviderRouter(deployments=[
-            Deployment(llm=tiny, name="tiny", context_window=10),
-            Deployment(llm=ScriptedChat(replies=["big"]), name="big"),
-        ])
+        router = ProviderRouter(
+            deployments=[
+                Deployment(llm=tiny, name="tiny", context_window=10),
+                Deployment(llm=ScriptedChat(replies=["big"]), name="big"),
+            ]
+        )
         msg = router.invoke("word " * 200)
         assert msg.content == "big" and tiny.calls == []
-        reasons = [c["skipped"] for c in msg.response_metadata["router"]["candidates"] if c["skipped"]]
+        reasons = [
+            c["skipped"] for c in msg.response_metadata["router"]["candidates"] if c["skipped"]
+        ]
         assert "context_window 10" in reasons[0]
 
 
 class TestStreaming:
     def test_stream_failure_before_first_token_falls_over(self) -> None:
-        router = router_of(ScriptedChat(replies=[http_error(503)]), ScriptedChat(replies=["hello world"]))
+        router = router_of(
+            ScriptedChat(replies=[http_error(503)]), ScriptedChat(replies=["hello world"])
+        )
         chunks = list(router.stream("q"))
         text = "".join(c.content for c in chunks)
         assert text == "hello world"
@@ -304,12 +348,16 @@ class _Runs(BaseCallbackHandler):
 
 class TestLangChainIntegration:
     def test_usage_counted_once_and_model_name_is_real(self) -> None:
-        router = router_of(ScriptedChat(replies=[http_error(500)]),
-                           ScriptedChat(replies=["two words"], model_name="qwen-real", input_tokens=5))
+        router = router_of(
+            ScriptedChat(replies=[http_error(500)]),
+            ScriptedChat(replies=["two words"], model_name="qwen-real", input_tokens=5),
+        )
         cb = UsageMetadataCallbackHandler()
         msg = router.invoke("q", config={"callbacks": [cb]})
         assert msg.response_metadata["model_name"] == "qwen-real"
-        assert cb.usage_metadata == {"qwen-real": {"input_tokens": 5, "output_tokens": 2, "total_tokens": 7}}
+        assert cb.usage_metadata == {
+            "qwen-real": {"input_tokens": 5, "output_tokens": 2, "total_tokens": 7}
+        }
 
     def test_each_attempt_is_a_child_run_named_after_the_deployment(self) -> None:
         runs = _Runs()
@@ -375,17 +423,25 @@ class TestMore:
         await router.ainvoke("q", config={"callbacks": [Events()]})
         (_, _, router_run), (name, data, run_id) = seen
         assert name == "moa_router_decision" and run_id == router_run
-        assert data["deployment"] == "b" and [a["outcome"] for a in data["attempts"]] == ["error", "ok"]
+        assert data["deployment"] == "b" and [a["outcome"] for a in data["attempts"]] == [
+            "error",
+            "ok",
+        ]
 
     def test_router_is_usable_in_a_chain(self) -> None:
         from langchain_core.output_parsers import StrOutputParser
         from langchain_core.prompts import ChatPromptTemplate
 
-        chain = ChatPromptTemplate.from_messages([("system", "be brief"), ("human", "{q}")]) \
-            | router_of(ScriptedChat(replies=["fine"])) | StrOutputParser()
+        chain = (
+            ChatPromptTemplate.from_messages([("system", "be brief"), ("human", "{q}")])
+            | router_of(ScriptedChat(replies=["fine"]))
+            | StrOutputParser()
+        )
         assert chain.invoke({"q": "how are you?"}) == "fine"
 
-    def test_local_model_without_base_url_is_a_configuration_error(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_local_model_without_base_url_is_a_configuration_error(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         monkeypatch.delenv("LANGCHAIN_MOA_LOCAL_BASE_URL", raising=False)
         router = ProviderRouter(deployments=["local/qwen"])
         with pytest.raises(ConfigurationError, match="LANGCHAIN_MOA_LOCAL_BASE_URL"):

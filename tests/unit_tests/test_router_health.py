@@ -74,8 +74,17 @@ class TestClassify:
 
     @pytest.mark.parametrize(
         ("status", "kind"),
-        [(500, "server"), (502, "server"), (503, "server"), (401, "auth"), (403, "auth"),
-         (404, "not_found"), (400, "bad_request"), (422, "bad_request"), (408, "timeout")],
+        [
+            (500, "server"),
+            (502, "server"),
+            (503, "server"),
+            (401, "auth"),
+            (403, "auth"),
+            (404, "not_found"),
+            (400, "bad_request"),
+            (422, "bad_request"),
+            (408, "timeout"),
+        ],
     )
     def test_status_codes(self, status: int, kind: str) -> None:
         assert classify_error(http_error(status)).kind == kind
@@ -111,8 +120,13 @@ class TestClassify:
         assert isinstance(rate_limited(), openai.RateLimitError)
 
 
-CFG = HealthConfig(failure_threshold=3, circuit_cooldown=10.0, rate_limit_initial=1.0,
-                   rate_limit_max=8.0, probe_timeout=60.0)
+CFG = HealthConfig(
+    failure_threshold=3,
+    circuit_cooldown=10.0,
+    rate_limit_initial=1.0,
+    rate_limit_max=8.0,
+    probe_timeout=60.0,
+)
 
 
 def fail(rec, kind="server", now=NOW, retry_after=None):  # type: ignore[no-untyped-def]

@@ -92,12 +92,13 @@ class TestRouterQueues:
     def test_rpm_requests_queue_and_are_paced(self) -> None:
         llm = TimedChat(replies=["ok"])
         # 10 requests per 1-second window -> one every 0.1 s
-        router = ProviderRouter(deployments=[Deployment(llm=llm, name="a", rpm=10)],
-                                limit_window=1.0, deadline=5.0)
+        router = ProviderRouter(
+            deployments=[Deployment(llm=llm, name="a", rpm=10)], limit_window=1.0, deadline=5.0
+        )
         t0 = time.time()
         out = router.batch(["q"] * 12, config={"max_concurrency": 12})
         assert all(m.content == "ok" for m in out)
-        gaps = [b - a for a, b in zip(sorted(llm.times), sorted(llm.times)[1:])]
+        gaps = [b - a for a, b in zip(sorted(llm.times), sorted(llm.times)[1:], strict=False)]
         assert min(gaps) >= 0.09
         assert time.time() - t0 >= 1.0
         # never more than 10 in any 1-second window
@@ -106,12 +107,18 @@ class TestRouterQueues:
 
     async def test_router_wide_rpm_spans_deployments(self) -> None:
         a, b = TimedChat(replies=["a"]), TimedChat(replies=["b"])
-        router = ProviderRouter(deployments=[Deployment(llm=a, name="a"), Deployment(llm=b, name="b")],
-                                rpm=20, limit_window=1.0, strategy="least-busy")
+        router = ProviderRouter(
+            deployments=[Deployment(llm=a, name="a"), Deployment(llm=b, name="b")],
+            rpm=20,
+            limit_window=1.0,
+            strategy="least-busy",
+        )
         await asyncio.gather(*[router.ainvoke("q") for _ in range(10)])
         ts = sorted(a.times + b.times)
         assert len(ts) == 10
-        assert min(y - x for x, y in zip(ts, ts[1:])) >= 0.045  # 20 per s -> 0.05 s apart
+        assert (
+            min(y - x for x, y in zip(ts, ts[1:], strict=False)) >= 0.045
+        )  # 20 per s -> 0.05 s apart
 
     async def test_concurrency_limit_queues(self) -> None:
         gauge = Gauge()
@@ -128,22 +135,26 @@ class TestRouterQueues:
         )
         first, second = router.invoke("q"), router.invoke("q")
         assert (first.content, second.content) == ("a", "b")
-        skips = [x for x in second.response_metadata["router"]["attempts"] if x["outcome"] == "skipped"]
+        skips = [
+            x for x in second.response_metadata["router"]["attempts"] if x["outcome"] == "skipped"
+        ]
         assert skips and "rpm limit" in skips[0]["reason"]
 
     def test_tpm_reserves_estimate_then_reconciles_with_usage(self) -> None:
         llm = ScriptedChat(replies=["ok"], input_tokens=7, output_tokens=3)
         store = InMemoryStore()
-        router = ProviderRouter(deployments=[Deployment(llm=llm, name="a", tpm=100_000)],
-                                store=store, max_tokens=500)
+        router = ProviderRouter(
+            deployments=[Deployment(llm=llm, name="a", tpm=100_000)], store=store, max_tokens=500
+        )
         router.invoke("hello there")
-        (t, amount), = store._windows["tpm:a"].values()
+        ((t, amount),) = store._windows["tpm:a"].values()
         assert amount == 10  # 7 + 3 real tokens, not the 500+ estimate
 
     def test_queue_time_does_not_count_against_deadline(self) -> None:
         llm = TimedChat(replies=["ok"])
-        router = ProviderRouter(deployments=[Deployment(llm=llm, name="a", rpm=2)],
-                                limit_window=1.0, deadline=0.3)
+        router = ProviderRouter(
+            deployments=[Deployment(llm=llm, name="a", rpm=2)], limit_window=1.0, deadline=0.3
+        )
         out = router.batch(["q"] * 4, config={"max_concurrency": 4})  # needs ~1.5 s of queueing
         assert [m.content for m in out] == ["ok"] * 4
         assert max(m.response_metadata["router"]["queued_s"] for m in out) > 0.3
@@ -160,7 +171,12 @@ class TestSlotWakeups:
         # 6 x 0.05 s back to back; polling alone (0.25 s) would need > 1 s
         assert elapsed < 0.9, elapsed
         # a queued request's decision records the skip once, with a count
-        skips = [a for m in out for a in m.response_metadata["router"]["attempts"] if a["outcome"] == "skipped"]
+        skips = [
+            a
+            for m in out
+            for a in m.response_metadata["router"]["attempts"]
+            if a["outcome"] == "skipped"
+        ]
         assert all(s["count"] >= 1 for s in skips)
         assert max(len(m.response_metadata["router"]["attempts"]) for m in out) <= 2
 

@@ -14,15 +14,23 @@ def test_router_as_proposer_and_aggregator_with_failover() -> None:
     def router(name: str, first: object, reply: str, model_name: str) -> ProviderRouter:
         return ProviderRouter(
             deployments=[
-                Deployment(llm=ScriptedChat(replies=[first], model_name="down"), name=f"{name}-primary"),
-                Deployment(llm=ScriptedChat(replies=[reply], model_name=model_name, input_tokens=7),
-                           name=f"{name}-backup", price_in=1.0, price_out=2.0),
+                Deployment(
+                    llm=ScriptedChat(replies=[first], model_name="down"), name=f"{name}-primary"
+                ),
+                Deployment(
+                    llm=ScriptedChat(replies=[reply], model_name=model_name, input_tokens=7),
+                    name=f"{name}-backup",
+                    price_in=1.0,
+                    price_out=2.0,
+                ),
             ],
             name=name,
         )
 
-    proposers = [router("p1", rate_limited(), "four", "gpt-4o-mini-2024-07-18"),
-                 router("p2", http_error(503), "4", "qwen-local")]
+    proposers = [
+        router("p1", rate_limited(), "four", "gpt-4o-mini-2024-07-18"),
+        router("p2", http_error(503), "4", "qwen-local"),
+    ]
     aggregator = router("agg", http_error(500), "The answer is 4.", "gpt-4o-mini")
     out = (Propose(proposers) | Aggregate(aggregator)).invoke("What is 2+2?")
     assert isinstance(out, AIMessage) and out.content == "The answer is 4."

@@ -34,9 +34,19 @@ def _free_port() -> int:
 def redis_client() -> Iterator[object]:
     port = _free_port()
     proc = subprocess.Popen(
-        [str(REDIS_SERVER), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(REDIS_SERVER),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     client = redis.Redis(host="127.0.0.1", port=port)
     try:
@@ -97,10 +107,20 @@ def test_slots_and_health(store: RedisStore) -> None:
 def test_two_routers_share_a_retry_after_window(store: RedisStore) -> None:
     a1 = TimedChat(replies=[rate_limited(retry_after_ms="500")])
     a2 = TimedChat(replies=["a2"])
-    r1 = ProviderRouter(deployments=[Deployment(llm=a1, name="a"),
-                                     Deployment(llm=ScriptedChat(replies=["b1"]), name="b")], store=store)
-    r2 = ProviderRouter(deployments=[Deployment(llm=a2, name="a"),
-                                     Deployment(llm=ScriptedChat(replies=["b2"]), name="b")], store=store)
+    r1 = ProviderRouter(
+        deployments=[
+            Deployment(llm=a1, name="a"),
+            Deployment(llm=ScriptedChat(replies=["b1"]), name="b"),
+        ],
+        store=store,
+    )
+    r2 = ProviderRouter(
+        deployments=[
+            Deployment(llm=a2, name="a"),
+            Deployment(llm=ScriptedChat(replies=["b2"]), name="b"),
+        ],
+        store=store,
+    )
     assert r1.invoke("q").content == "b1"
     assert r2.invoke("q").content == "b2"  # r2 never saw the 429, the store did
     assert a2.times == [] and r2.stats()["a"]["state"] == "cooling"
@@ -117,4 +137,4 @@ def test_two_routers_share_one_rpm_quota(store: RedisStore) -> None:
         r1.invoke("q")
         r2.invoke("q")
     ts = sorted(a1.times + a2.times)
-    assert min(y - x for x, y in zip(ts, ts[1:])) >= 0.09  # one shared pace of 10/s
+    assert min(y - x for x, y in zip(ts, ts[1:], strict=False)) >= 0.09  # one shared pace of 10/s

@@ -17,11 +17,18 @@ from tests.unit_tests.router_fakes import http_error, rate_limited
 
 
 def named(*names: str, **kw: dict) -> list[Deployment]:
-    return [Deployment(llm=ScriptedChat(replies=[n], model_name=n), name=n, **kw.get(n, {})) for n in names]
+    return [
+        Deployment(llm=ScriptedChat(replies=[n], model_name=n), name=n, **kw.get(n, {}))
+        for n in names
+    ]
 
 
 def order(msg) -> list[str]:  # type: ignore[no-untyped-def]
-    return [c["deployment"] for c in msg.response_metadata["router"]["candidates"] if c["skipped"] is None]
+    return [
+        c["deployment"]
+        for c in msg.response_metadata["router"]["candidates"]
+        if c["skipped"] is None
+    ]
 
 
 class TestStrategies:
@@ -31,10 +38,14 @@ class TestStrategies:
         assert msg.content == "b" and order(msg) == ["b", "a", "c"]
 
     def test_cost_uses_prompt_and_max_tokens(self) -> None:
-        deps = named("pricey", "cheap_in", "cheap_out",
-                     pricey={"price_in": 5.0, "price_out": 15.0},
-                     cheap_in={"price_in": 0.01, "price_out": 10.0},
-                     cheap_out={"price_in": 1.0, "price_out": 0.5})
+        deps = named(
+            "pricey",
+            "cheap_in",
+            "cheap_out",
+            pricey={"price_in": 5.0, "price_out": 15.0},
+            cheap_in={"price_in": 0.01, "price_out": 10.0},
+            cheap_out={"price_in": 1.0, "price_out": 0.5},
+        )
         r = ProviderRouter(deployments=deps, strategy="cost")
         # long answer expected: output price dominates
         assert order(r.invoke("q", max_tokens=2000)) == ["cheap_out", "cheap_in", "pricey"]
@@ -46,7 +57,7 @@ class TestStrategies:
         msg = ProviderRouter(deployments=deps, strategy="cost").invoke("q", max_tokens=100)
         cands = msg.response_metadata["router"]["candidates"]
         assert [c["deployment"] for c in cands] == ["known", "unknown"]
-        assert cands[0]["score"] == pytest.approx((cands[0]["score"]))
+        assert cands[0]["score"] == pytest.approx(cands[0]["score"])
         assert "expected $" in cands[0]["note"] and cands[1]["note"] == "price unknown"
         assert cands[1]["score"] is None  # inf is reported as None (JSON-safe)
 
@@ -59,8 +70,10 @@ class TestStrategies:
     def test_latency_explores_untried_then_prefers_fastest(self) -> None:
         slow = ScriptedChat(replies=["slow"], delay=0.08)
         fast = ScriptedChat(replies=["fast"], delay=0.01)
-        r = ProviderRouter(deployments=[Deployment(llm=slow, name="slow"), Deployment(llm=fast, name="fast")],
-                           strategy="latency")
+        r = ProviderRouter(
+            deployments=[Deployment(llm=slow, name="slow"), Deployment(llm=fast, name="fast")],
+            strategy="latency",
+        )
         assert r.invoke("q").content == "slow"  # untried, list order
         assert r.invoke("q").content == "fast"  # fast untried -> explored
         for _ in range(3):
@@ -84,21 +97,28 @@ class TestStrategies:
         assert picks(7) != picks(8)
 
     def test_weighted_follows_weights(self) -> None:
-        r = ProviderRouter(deployments=named("a", "b", a={"weight": 3.0}, b={"weight": 1.0}),
-                           strategy="weighted", seed=1)
+        r = ProviderRouter(
+            deployments=named("a", "b", a={"weight": 3.0}, b={"weight": 1.0}),
+            strategy="weighted",
+            seed=1,
+        )
         counts = Counter(r.invoke("q").content for _ in range(400))
         assert 0.68 < counts["a"] / 400 < 0.82  # expected 0.75
 
     async def test_least_busy_spreads_concurrent_requests(self) -> None:
         a = ScriptedChat(replies=["a"], delay=0.1)
         b = ScriptedChat(replies=["b"], delay=0.1)
-        r = ProviderRouter(deployments=[Deployment(llm=a, name="a"), Deployment(llm=b, name="b")],
-                           strategy="least-busy")
+        r = ProviderRouter(
+            deployments=[Deployment(llm=a, name="a"), Deployment(llm=b, name="b")],
+            strategy="least-busy",
+        )
         out = await asyncio.gather(*[r.ainvoke("q") for _ in range(6)])
         assert Counter(m.content for m in out) == {"a": 3, "b": 3}
 
     def test_strategy_per_call(self) -> None:
-        deps = named("a", "b", a={"price_in": 9.0, "price_out": 9.0}, b={"price_in": 0.1, "price_out": 0.1})
+        deps = named(
+            "a", "b", a={"price_in": 9.0, "price_out": 9.0}, b={"price_in": 0.1, "price_out": 0.1}
+        )
         r = ProviderRouter(deployments=deps)
         assert r.invoke("q").content == "a"
         assert r.invoke("q", strategy="cost").content == "b"
@@ -165,10 +185,15 @@ class TestPricing:
 class TestLogicalModels:
     def test_router_from_logical_model(self) -> None:
         r = ProviderRouter.from_logical_model(
-            "llama-3.1-8b", ["groq", "together"], deployment_kwargs={"groq": {"rpm": 30}}, strategy="cost"
+            "llama-3.1-8b",
+            ["groq", "together"],
+            deployment_kwargs={"groq": {"rpm": 30}},
+            strategy="cost",
         )
         assert [d.model for d in r.deployments] == [
-            "groq/llama-3.1-8b-instant", "together/meta-llama/Llama-3.1-8B-Instruct-Turbo"]
+            "groq/llama-3.1-8b-instant",
+            "together/meta-llama/Llama-3.1-8B-Instruct-Turbo",
+        ]
         assert r.deployments[0].rpm == 30
         # cost ranking reads the price table: groq is cheaper for this model
         assert r.deployments[0].prices() == (0.05, 0.08)
@@ -180,11 +205,18 @@ class TestLogicalModels:
             ProviderRouter.from_logical_model("gpt-4o-mini", ["groq"])
 
     def test_register_logical_model(self) -> None:
-        from langchain_moa.providers import LOGICAL_MODELS, register_logical_model, resolve_logical_model
+        from langchain_moa.providers import (
+            LOGICAL_MODELS,
+            register_logical_model,
+            resolve_logical_model,
+        )
 
         register_logical_model("tiny-test", {"ollama": "qwen2.5:0.5b", "vllm": "Qwen/Qwen2.5-0.5B"})
         try:
-            assert resolve_logical_model("tiny-test") == ["ollama/qwen2.5:0.5b", "vllm/Qwen/Qwen2.5-0.5B"]
+            assert resolve_logical_model("tiny-test") == [
+                "ollama/qwen2.5:0.5b",
+                "vllm/Qwen/Qwen2.5-0.5B",
+            ]
             with pytest.raises(ConfigurationError, match="unknown providers"):
                 register_logical_model("bad", {"nope": "x"})
         finally:

@@ -83,6 +83,7 @@ import itertools
 import json
 import math
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -677,6 +678,13 @@ class _HTTPServer(ThreadingHTTPServer):
     request_queue_size = 256
     allow_reuse_address = True
     fault_server: FaultServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client resetting an idle keep-alive connection (or leaving mid-request)
+        # is normal here; anything else is a bug in the server and is printed
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
 
 
 class _ClientGone(Exception):

@@ -122,9 +122,12 @@ def test_transient_faults_fall_over(fault_server_factory, fault: Fault) -> None:
     assert elapsed < TIMEOUT + 1.5, elapsed
 
 
-async def test_async_failover(fault_server_factory) -> None:
+@pytest.mark.parametrize(
+    "fault", [Fault.drop(), Fault.slow(5.0), Fault.malformed(), Fault.unavailable()],
+    ids=["dropped-connection", "timeout", "malformed-json", "503"])
+async def test_async_failover(fault_server_factory, fault: Fault) -> None:
     a, b = servers(fault_server_factory, "a", "b")
-    a.script(Fault.drop())
+    a.script(fault)
     router = make_router([a, b])
     reply = await router.ainvoke("async hello")
     assert text_of(reply) == "[b#1] async hello"
@@ -414,13 +417,17 @@ def test_stream_cut_before_first_token_falls_over(fault_server_factory, role_chu
 
 
 @pytest.mark.parametrize(
-    "fault", [Fault.server_error(), Fault.rate_limited(retry_after=5), Fault.drop()],
-    ids=["500", "429", "drop"])
+    "fault",
+    [Fault.server_error(), Fault.rate_limited(retry_after=5), Fault.drop(), Fault.slow(5.0),
+     Fault.ok(chunk_delay_s=3.0)],
+    ids=["500", "429", "drop", "timeout-before-headers", "stall-before-first-token"])
 def test_stream_error_before_start_falls_over(fault_server_factory, fault) -> None:
     a, b = servers(fault_server_factory, "a", "b")
     a.script(fault)
     router = make_router([a, b])
+    t0 = time.monotonic()
     assert _collect(router.stream("s")) == "[b#1] s"
+    assert time.monotonic() - t0 < TIMEOUT + 1.5
 
 
 def test_stream_cut_after_first_token_raises(fault_server_factory) -> None:

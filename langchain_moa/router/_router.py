@@ -503,6 +503,62 @@ class ProviderRouter(BaseChatModel):
             kwargs["tool_choice"] = tool_choice
         return self.bind(tools=formatted, **kwargs)
 
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        include_raw: bool = False,
+        method: Literal["function_calling", "json_mode", "json_schema"] = "function_calling",
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """Structured output through whichever deployment answers.
+
+        ``method="function_calling"`` (default) binds the schema as a tool (the
+        deployment's own ``bind_tools``); ``"json_schema"`` and ``"json_mode"`` send
+        OpenAI's ``response_format`` (``json_schema`` with the schema, or
+        ``json_object``) and parse the JSON reply (pydantic class -> instance,
+        otherwise a dict). ``include_raw=True`` returns ``{"raw", "parsed",
+        "parsing_error"}`` like every LangChain chat model.
+
+        Raises:
+            ConfigurationError: unknown ``method``.
+        """
+        if method == "function_calling":
+            return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
+        if method not in ("json_mode", "json_schema"):
+            raise ConfigurationError(
+                f"method must be 'function_calling', 'json_mode' or 'json_schema', got {method!r}"
+            )
+        from operator import itemgetter
+
+        from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+        from langchain_core.runnables import RunnableMap, RunnablePassthrough
+        from langchain_core.utils.function_calling import convert_to_json_schema
+        from pydantic import BaseModel as _BaseModel
+
+        is_model = isinstance(schema, type) and issubclass(schema, _BaseModel)
+        if method == "json_mode":
+            fmt: dict[str, Any] = {"type": "json_object"}
+        else:
+            js = convert_to_json_schema(schema)
+            name = js.get("title") or getattr(schema, "__name__", None) or "output"
+            body: dict[str, Any] = {"name": name, "schema": js}
+            if strict is not None:
+                body["strict"] = strict
+            fmt = {"type": "json_schema", "json_schema": body}
+        llm = self.bind(response_format=fmt, **kwargs)
+        parser: Runnable = (
+            PydanticOutputParser(pydantic_object=schema) if is_model else JsonOutputParser()
+        )
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(
+            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+        )
+        failed = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | parsed.with_fallbacks([failed], exception_key="parsing_error")
+
     # ------------------------------------------------------------------ public helpers
     @classmethod
     def from_logical_model(

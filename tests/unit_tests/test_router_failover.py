@@ -446,3 +446,60 @@ class TestMore:
         router = ProviderRouter(deployments=["local/qwen"])
         with pytest.raises(ConfigurationError, match="LANGCHAIN_MOA_LOCAL_BASE_URL"):
             router.invoke("q")
+
+
+class TestCallbacks:
+    async def test_get_usage_metadata_callback_counts_once_async_and_streaming(self) -> None:
+        from langchain_core.callbacks import get_usage_metadata_callback
+
+        def make() -> ProviderRouter:
+            return router_of(
+                ScriptedChat(replies=[http_error(502)]),
+                ScriptedChat(replies=["a b"], model_name="m", input_tokens=3),
+            )
+
+        with get_usage_metadata_callback() as cb:
+            await make().ainvoke("q")
+            make().invoke("q")
+            async for _ in make().astream("q"):
+                pass
+        assert cb.usage_metadata == {
+            "m": {"input_tokens": 9, "output_tokens": 6, "total_tokens": 15}
+        }
+
+    async def test_async_attempts_nest_under_the_failover_run(self) -> None:
+        runs = _Runs()
+        router = router_of(ScriptedChat(replies=[timeout_error()]), ScriptedChat(replies=["ok"]))
+        await router.ainvoke("q", config={"callbacks": [runs]})
+        by_name = {name: (rid, parent) for rid, (name, parent) in runs.runs.items()}
+        assert by_name["router-failover"][1] == by_name["<router>"][0]
+        assert by_name["a"][1] == by_name["b"][1] == by_name["router-failover"][0]
+
+
+class TestStructuredJson:
+    class Answer(BaseModel):
+        value: int
+
+    @pytest.mark.parametrize("method", ["json_schema", "json_mode"])
+    def test_json_methods_send_response_format_and_parse(self, method: str) -> None:
+        b = ScriptedChat(replies=['{"value": 7}'])
+        router = router_of(ScriptedChat(replies=[http_error(500)]), b)
+        assert router.with_structured_output(self.Answer, method=method).invoke("q") == self.Answer(
+            value=7
+        )
+        fmt = b.kwargs()["response_format"]
+        assert fmt["type"] == ("json_schema" if method == "json_schema" else "json_object")
+        if method == "json_schema":
+            assert fmt["json_schema"]["schema"]["properties"]["value"]["type"] == "integer"
+
+    def test_include_raw_keeps_the_parsing_error(self) -> None:
+        router = router_of(ScriptedChat(replies=["not json"]))
+        out = router.with_structured_output(
+            self.Answer, method="json_mode", include_raw=True
+        ).invoke("q")
+        assert out["parsed"] is None and out["parsing_error"] is not None
+        assert out["raw"].content == "not json"
+
+    def test_unknown_method(self) -> None:
+        with pytest.raises(ConfigurationError, match="method"):
+            router_of(ScriptedChat()).with_structured_output(self.Answer, method="xml")

@@ -42,7 +42,11 @@ def _successes(router: ProviderRouter, name: str) -> int:
     return int(entry["successes"])
 
 
-def test_stopping_one_server_mid_batch_loses_no_request(local_server, local_server_factory):
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_stopping_one_server_mid_batch_loses_no_request(local_server, local_server_factory, how):
+    """``stop``: SIGTERM (uvicorn finishes the request in flight, then refuses new ones);
+    ``kill``: SIGKILL while a request is in flight on it (a crash: that request's
+    connection is reset and it must be answered by the other server)."""
     doomed = local_server_factory(n_threads=1)  # 2 shared cores: do not oversubscribe
     router = ProviderRouter(
         deployments=[_deployment(doomed, "doomed"), _deployment(local_server, "survivor")],
@@ -53,15 +57,17 @@ def test_stopping_one_server_mid_batch_loses_no_request(local_server, local_serv
     done = threading.Event()
 
     def stop_when_busy() -> None:
-        # stop once the doomed server has answered at least one request of the batch
+        # stop once the doomed server has answered a request of the batch and is
+        # busy with the next one
         while not done.is_set():
-            if _successes(router, "doomed") >= 1:
+            stats = router.stats()["doomed"]
+            if stats["successes"] >= 1 and stats["in_flight"] >= 1:
                 stopped_at["answered"] = (_successes(router, "doomed")
                                           + _successes(router, "survivor"))
-                doomed.stop()
+                doomed.kill() if how == "kill" else doomed.stop()
                 stopped_at["t"] = time.monotonic()
                 return
-            time.sleep(0.05)
+            time.sleep(0.01)
 
     stopper = threading.Thread(target=stop_when_busy, daemon=True)
     stopper.start()
@@ -86,7 +92,10 @@ def test_stopping_one_server_mid_batch_loses_no_request(local_server, local_serv
     served_survivor = _successes(router, "survivor")
     assert served_doomed >= 1 and served_survivor >= 1
     assert served_doomed + served_survivor == N_REQUESTS
-    print(f"\n[two llama.cpp] doomed served {served_doomed}, survivor {served_survivor}, "
+    doomed_stats = router.stats()["doomed"]
+    if how == "kill":  # the request in flight at the crash failed there and was re-routed
+        assert doomed_stats["failures"] >= 1, doomed_stats
+    print(f"\n[two llama.cpp, {how}] doomed served {served_doomed}, survivor {served_survivor}, "
           f"stop at {stopped_at['t'] - t0:.1f} s of {t_end - t0:.1f} s after "
           f"{stopped_at['answered']} answers; "
           f"stats: {router.stats()}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import threading
 import time
 
 import httpx
@@ -279,8 +280,6 @@ def test_context_window_enforced(fault_server_factory) -> None:
 def test_stopped_server_refuses_and_unblocks_slow_handlers(fault_server_factory) -> None:
     server = fault_server_factory("s")
     server.set_default(Fault.slow(30))
-    import threading
-
     errors: list[BaseException] = []
 
     def call() -> None:

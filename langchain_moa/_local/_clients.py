@@ -26,9 +26,7 @@ def loopback_async_http_client() -> Any:
     import openai
 
     defaults = openai.DEFAULT_CONNECTION_LIMITS
-    limits = type(defaults)(
-        max_connections=defaults.max_connections, max_keepalive_connections=0
-    )
+    limits = type(defaults)(max_connections=defaults.max_connections, max_keepalive_connections=0)
     return openai.DefaultAsyncHttpxClient(limits=limits)
 
 

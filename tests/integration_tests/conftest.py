@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from langchain_moa.errors import LocalModelError
 from langchain_moa._local._server import require_llama_cpp
+from langchain_moa.errors import LocalModelError
 from langchain_moa.local import (
     DEFAULT_LOCAL_MODEL,
     LocalServer,
@@ -110,4 +110,3 @@ def local_chat_model(local_server: LocalServer) -> Any:
         max_tokens=32,
         timeout=120.0,
     )
-

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -29,6 +30,7 @@ from langchain_moa.local import (
     BUNDLED_MODELS,
     LOCAL_BASE_URL_ENV,
     LocalServer,
+    aget_local_chat_model,
     ensure_model,
     get_local_chat_model,
     get_local_server,
@@ -57,7 +59,7 @@ def _raw_stream(server: LocalServer, **body) -> list[dict]:
         response.raise_for_status()
         for line in response.iter_lines():
             if line.startswith("data: ") and line != "data: [DONE]":
-                events.append(json.loads(line[len("data: "):]))
+                events.append(json.loads(line[len("data: ") :]))
     return events
 
 
@@ -107,9 +109,7 @@ def test_stream_ends_with_a_usage_chunk_matching_the_non_streamed_usage(local_se
     events = _raw_stream(
         local_server, messages=messages, max_tokens=24, stream_options={"include_usage": True}
     )
-    text = "".join(
-        e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"]
-    )
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
     assert text == plain["choices"][0]["message"]["content"]
     assert events[-1]["choices"] == []
     assert events[-1]["usage"] == plain["usage"]
@@ -238,11 +238,17 @@ def test_server_exits_when_its_parent_is_killed(local_model_path: Path) -> None:
 # --------------------------------------------------------------------------- registry
 def test_get_local_chat_model_starts_one_server_and_reuses_it(local_model_path) -> None:
     try:
+        with ThreadPoolExecutor(4) as pool:  # concurrent first calls: one start
+            servers = list(pool.map(lambda _: get_local_server("qwen2.5-coder-0.5b"), range(4)))
+        assert len({id(s) for s in servers}) == 1
         first = get_local_chat_model("qwen2.5-coder-0.5b", temperature=0, max_tokens=8)
         second = get_local_chat_model("qwen2.5-coder-0.5b", temperature=0.7, max_tokens=16)
-        assert first.openai_api_base == second.openai_api_base
+        assert first.openai_api_base == second.openai_api_base == servers[0].base_url
         assert (first.max_retries, first.stream_usage, first.model_name) == (
-            0, True, "qwen2.5-coder-0.5b")
+            0,
+            True,
+            "qwen2.5-coder-0.5b",
+        )
         server = get_local_server("qwen2.5-coder-0.5b")
         assert server.base_url == first.openai_api_base
         assert "paris" in first.invoke(PROMPT).content.lower()
@@ -252,6 +258,30 @@ def test_get_local_chat_model_starts_one_server_and_reuses_it(local_model_path) 
     finally:
         shutdown_local_servers()
     assert not server.is_running()
+
+
+async def test_aget_local_chat_model_keeps_the_event_loop_running(local_model_path) -> None:
+    ticks = 0
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            await asyncio.sleep(0.02)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    try:
+        started = time.monotonic()
+        llm = await aget_local_chat_model("qwen2.5-coder-0.5b", max_tokens=8, temperature=0)
+        elapsed = time.monotonic() - started
+        stop.set()
+        await task
+        assert ticks >= int(elapsed / 0.02 * 0.5)  # the loop ran during the server start
+        assert "paris" in (await llm.ainvoke(PROMPT)).content.lower()
+    finally:
+        stop.set()
+        shutdown_local_servers()
 
 
 def test_a_dead_shared_server_is_restarted(local_model_path) -> None:

@@ -145,8 +145,9 @@ def test_killed_assembler_leaves_only_an_ignored_temp_file(tmp_path: Path) -> No
     parts, sha, size = make_chunks(tmp_path / "chunks")
     dest = tmp_path / "cache" / "model.gguf"
     ctx = multiprocessing.get_context("spawn")
-    proc = ctx.Process(target=_kill_self_mid_write, args=([str(p) for p in parts], str(dest),
-                                                          sha, size))
+    proc = ctx.Process(
+        target=_kill_self_mid_write, args=([str(p) for p in parts], str(dest), sha, size)
+    )
     proc.start()
     proc.join(60)
     assert proc.exitcode == -signal.SIGKILL
@@ -209,8 +210,13 @@ def test_sidecar_is_trusted_only_while_the_stat_matches(tmp_path: Path) -> None:
     dest = tmp_path / "model.gguf"
     dest.write_bytes(b"\0" * size)  # right size, wrong content
     st = dest.stat()
-    stat_key = {"size": st.st_size, "inode": st.st_ino, "device": st.st_dev,
-                "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+    stat_key = {
+        "size": st.st_size,
+        "inode": st.st_ino,
+        "device": st.st_dev,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+    }
     sidecar = tmp_path / "model.gguf.verified.json"
     sidecar.write_text(json.dumps({"sha256": sha, "stat": stat_key}))
 

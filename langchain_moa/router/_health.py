@@ -12,13 +12,17 @@ error kind             examples        what the router does
 ``timeout``            attempt timeout same as ``server``
 ``connection``         refused, reset  same as ``server``
 ``malformed``          bad JSON body   same as ``server``
-``unknown``            anything else   same as ``server``
+``unknown``            anything else   same as ``server``, but tried once per deployment
+                                       and request (no waiting for a retry)
 ``auth``               HTTP 401 / 403, disable the deployment (message names the env var);
                        missing API key fall over
 ``not_found``          HTTP 404        disable the deployment (unknown model); fall over
 ``context_length``     HTTP 400 "too   fall over to a deployment with a larger
                        long"           ``context_window``, else raise
-``bad_request``        other 400/422   raise at once (no failover)
+``bad_request``        other 400/422,  raise at once (no failover)
+                       length limit
+                       hit while
+                       parsing
 =====================  ==============  ==================================================
 
 Circuit breaker (per deployment): ``failure_threshold`` consecutive breaker
@@ -233,6 +237,15 @@ def classify_error(exc: BaseException, now: float | None = None) -> ErrorInfo:
     )
     if isinstance(exc, transport):
         return ErrorInfo("connection", None, None, msg)
+    finish = tuple(
+        getattr(openai, n)
+        for n in ("LengthFinishReasonError", "ContentFilterFinishReasonError")
+        if hasattr(openai, n)
+    )
+    if finish and isinstance(exc, finish):
+        # the answer hit max_tokens / a content filter while parsing structured
+        # output: the same request fails the same way anywhere
+        return ErrorInfo("bad_request", None, None, msg)
     if isinstance(exc, lc_exc.ContextOverflowError):
         status, _, _ = _status_and_headers(exc)
         return ErrorInfo("context_length", status or 400, None, msg)

@@ -191,6 +191,7 @@ class _Request:
     wait_for_slot: bool = False
     skipped_once: set[str] = field(default_factory=set)
     skip_counts: dict[str, int] = field(default_factory=dict)
+    exhausted: set[str] = field(default_factory=set)
 
 
 def _has_token(chunk: ChatGenerationChunk) -> bool:
@@ -792,7 +793,7 @@ class ProviderRouter(BaseChatModel):
         ready: dict[str, tuple[float, bool]] = {}
         for d in self._considered(req):
             name = str(d.name)
-            if self._context_skip(req, d):
+            if self._context_skip(req, d) or name in req.exhausted:
                 continue
             rec = self._store.health_get(name)
             state, until = state_of(rec, now)
@@ -1004,6 +1005,10 @@ class ProviderRouter(BaseChatModel):
         req.last_kind[name] = info.kind
         if info.kind in BREAKER_KINDS:
             req.pass_failed.add(name)
+        if info.kind == "unknown":
+            # not an HTTP or transport failure (a bug, an unexpected reply type):
+            # try each deployment once per request rather than retry until the deadline
+            req.exhausted.add(name)
         req.attempts.append(
             {
                 "deployment": name,

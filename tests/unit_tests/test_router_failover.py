@@ -503,3 +503,31 @@ class TestStructuredJson:
     def test_unknown_method(self) -> None:
         with pytest.raises(ConfigurationError, match="method"):
             router_of(ScriptedChat()).with_structured_output(self.Answer, method="xml")
+
+
+class TestUnknownErrors:
+    def test_unknown_errors_try_each_deployment_once_then_raise(self) -> None:
+        a = ScriptedChat(replies=[KeyError("choices")])
+        b = ScriptedChat(replies=[TypeError("NoneType")])
+        router = router_of(a, b, deadline=30)
+        t0 = time.time()
+        with pytest.raises(NoDeploymentAvailableError) as ei:
+            router.invoke("q")
+        assert time.time() - t0 < 1.0 and len(a.calls) == len(b.calls) == 1
+        assert isinstance(ei.value.errors["a"], KeyError)
+
+    def test_length_limit_while_parsing_raises_at_once(self) -> None:
+        from openai.types import CompletionUsage
+
+        err = openai.LengthFinishReasonError(
+            completion=type(
+                "C",
+                (),
+                {"usage": CompletionUsage(completion_tokens=5, prompt_tokens=5, total_tokens=10)},
+            )()
+        )
+        b = ScriptedChat(replies=["b"])
+        router = router_of(ScriptedChat(replies=[err]), b)
+        with pytest.raises(openai.LengthFinishReasonError):
+            router.invoke("q")
+        assert b.calls == []

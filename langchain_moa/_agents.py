@@ -97,9 +97,7 @@ class Agent:
         if isinstance(self._spec, str):
             # A client (the step's, or run(..., client=)'s) serves every model string,
             # as in mixture-llm, whose names may look like "qwen/qwen-2.5-72b-instruct".
-            client = self._client or (config or {}).get("configurable", {}).get(
-                CLIENT_CONFIG_KEY
-            )
+            client = self._client or (config or {}).get("configurable", {}).get(CLIENT_CONFIG_KEY)
             if client is not None:
                 return ClientChatModel(client=client, model=self._spec)
         if self._runnable is not None:
@@ -119,7 +117,9 @@ class Agent:
         """
         runnable = self.runnable(config)
         params = {
-            k: v for k, v in (("temperature", temperature), ("max_tokens", max_tokens)) if v is not None
+            k: v
+            for k, v in (("temperature", temperature), ("max_tokens", max_tokens))
+            if v is not None
         }
         if params and _is_chat_model(runnable):
             return runnable.bind(**params)

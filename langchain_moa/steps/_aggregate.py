@@ -125,7 +125,9 @@ class Aggregate(LLMStep):
 
     def _job(self, state: MoAState, config: RunnableConfig) -> Job:
         if not state.candidates:
-            raise AggregatorError(type(self).__name__, self.agent.name, "no candidates to aggregate")
+            raise AggregatorError(
+                type(self).__name__, self.agent.name, "no candidates to aggregate"
+            )
         messages = reference_messages(state.messages, self.prompt or AGGREGATE_PROMPT, state.texts)
         return self.job(self.agent, 0, messages, state.layer + 1, config)
 
@@ -203,7 +205,9 @@ class Aggregate(LLMStep):
         stream = _TokenStream(self, _StepReport(self, to_state(last)))
         try:
             job = stream.start(step_config)
-            async for chunk in job.runnable.astream(job.messages, self.call_config(job, step_config)):
+            async for chunk in job.runnable.astream(
+                job.messages, self.call_config(job, step_config)
+            ):
                 yield stream.add(chunk)
             final = stream.finish()
         except Exception as exc:

@@ -127,9 +127,7 @@ class Step(Runnable[Any, Any], metaclass=_StepMeta):
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         return self._call_with_config(self._traced_run, input, config, run_type="chain")
 
-    async def ainvoke(
-        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> Any:
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         return await self._acall_with_config(self._traced_arun, input, config, run_type="chain")
 
     def _traced_run(self, input: Any, run_manager: Any, config: RunnableConfig) -> Any:
@@ -381,7 +379,9 @@ class LLMStep(Step):
             return Result(job, self.make_record(job, None, started, exc), exception=exc)
         return Result(job, self.make_record(job, reply, started, None), reply)
 
-    def run_jobs(self, jobs: list[Job], report: _StepReport, config: RunnableConfig) -> list[Result]:
+    def run_jobs(
+        self, jobs: list[Job], report: _StepReport, config: RunnableConfig
+    ) -> list[Result]:
         """Run ``jobs`` in parallel threads (at most ``max_concurrency`` at once).
 
         Results come back in job order, whatever order the calls finish in.

@@ -3,8 +3,10 @@
 The judgement is requested with ``with_structured_output`` when the agent supports
 it, and always also described as a JSON object in the prompt. When native
 structured output is unavailable or its call fails, the judge is asked once more in
-plain JSON mode (both calls are recorded), and that agent uses JSON mode from then on. The reply is validated with pydantic;
-digits are never scraped out of prose, and an invalid judgement raises.
+plain JSON mode (both calls are recorded); after a failure that is not transient
+(a refusal, not a timeout) that agent uses JSON mode from then on. The reply must
+hold a complete JSON object and is validated with pydantic; digits are never
+scraped out of prose, and an invalid judgement raises.
 """
 
 from __future__ import annotations
@@ -154,8 +156,9 @@ class _Judge(LLMStep):
             return self.schema.model_validate(_first_json_object(text))
         except (ValueError, ValidationError, TypeError) as exc:
             raise AggregatorError(
-                name, self.agent.name, f"the judge's reply is not a valid {self.schema.__name__}: "
-                f"{text[:200]!r} ({exc})"
+                name,
+                self.agent.name,
+                f"the judge's reply is not a valid {self.schema.__name__}: {text[:200]!r} ({exc})",
             ) from exc
 
     def _run(self, report: _StepReport, config: RunnableConfig) -> Any:
@@ -245,8 +248,10 @@ class Rank(_Judge):
         keep = min(self.n, count)
         if len(order) < keep:
             raise AggregatorError(
-                "Rank", self.agent.name, f"ranking {judgement.ranking} names {len(order)} "
-                f"distinct response number(s) in 1..{count}; {keep} needed"
+                "Rank",
+                self.agent.name,
+                f"ranking {judgement.ranking} names {len(order)} "
+                f"distinct response number(s) in 1..{count}; {keep} needed",
             )
         candidates = [state.candidates[i] for i in order[:keep]]
         return state.model_copy(
@@ -307,8 +312,9 @@ class Vote(_Judge):
         state = report.state
         if not 1 <= judgement.choice <= len(state.candidates):
             raise AggregatorError(
-                "Vote", self.agent.name, f"choice {judgement.choice} is not a response number "
-                f"(1..{len(state.candidates)})"
+                "Vote",
+                self.agent.name,
+                f"choice {judgement.choice} is not a response number (1..{len(state.candidates)})",
             )
         chosen = judgement.choice - 1
         calls = [*state.calls, *report.calls]

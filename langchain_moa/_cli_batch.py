@@ -91,7 +91,7 @@ def read_questions(path: Path) -> list[Question]:
             qid = row.get("id", n)
         else:
             raise BatchFileError(
-                f"{path}:{n}: expected an object with a \"question\" or a JSON string, "
+                f'{path}:{n}: expected an object with a "question" or a JSON string, '
                 f"got {type(row).__name__}"
             )
         if not isinstance(text, str) or not text.strip():
@@ -133,7 +133,7 @@ def completed_ids(path: Path) -> set[str]:
             if i == last:
                 continue  # a write interrupted by a kill
             raise BatchFileError(
-                f"{path}:{i + 1}: not an answer row (a JSON object with an \"id\"); "
+                f'{path}:{i + 1}: not an answer row (a JSON object with an "id"); '
                 "is --output the right file?"
             ) from None
         status[id_key(row["id"])] = row.get("error") is None and row.get("answer") is not None

@@ -104,9 +104,7 @@ def _check(settings: RunSettings) -> None:
             raise ConfigurationError(f"{name} must be a positive number of tokens, got {value}")
     if not 0 <= settings.dropout < 1:
         raise ConfigurationError(f"--dropout must be in [0, 1), got {settings.dropout}")
-    if settings.base_url is not None and not settings.base_url.startswith(
-        ("http://", "https://")
-    ):
+    if settings.base_url is not None and not settings.base_url.startswith(("http://", "https://")):
         raise ConfigurationError(
             f"--base-url must be an http:// or https:// URL such as "
             f"http://127.0.0.1:8080/v1, got {settings.base_url!r}"
@@ -172,9 +170,7 @@ def chosen_models(settings: RunSettings) -> tuple[list[str], str]:
     """
     _check(settings)
     preset = settings.resolved_preset()
-    base = settings.proposers or [
-        "default" if settings.base_url is not None else default_model()
-    ]
+    base = settings.proposers or ["default" if settings.base_url is not None else default_model()]
     if preset == "self-moa" or not settings.proposers:
         proposers = [base[0]] * settings.samples
     else:

@@ -85,9 +85,7 @@ def main(
     ] = "auto",
     proposer: Annotated[
         list[str] | None,
-        typer.Option(
-            "--proposer", "-p", help="A proposer model, 'provider/model' (repeatable)."
-        ),
+        typer.Option("--proposer", "-p", help="A proposer model, 'provider/model' (repeatable)."),
     ] = None,
     aggregator: Annotated[
         str | None,
@@ -104,8 +102,10 @@ def main(
     ] = 512,
     aggregator_max_tokens: Annotated[
         int | None,
-        typer.Option("--aggregator-max-tokens", help="Output budget of the aggregator "
-                     "(default: --max-tokens)."),
+        typer.Option(
+            "--aggregator-max-tokens",
+            help="Output budget of the aggregator (default: --max-tokens).",
+        ),
     ] = None,
     base_url: Annotated[
         str | None,
@@ -135,7 +135,9 @@ def main(
     ] = None,
     input_file: Annotated[
         Path | None,
-        typer.Option("--input", "-i", help="Batch: JSONL questions ({'id','question'} or strings)."),
+        typer.Option(
+            "--input", "-i", help="Batch: JSONL questions ({'id','question'} or strings)."
+        ),
     ] = None,
     output_file: Annotated[
         Path | None,
@@ -199,9 +201,7 @@ def main(
 
     try:
         if batch:
-            code = _run_batch(
-                runnable, questions, done, output_file, history, concurrency, quiet
-            )
+            code = _run_batch(runnable, questions, done, output_file, history, concurrency, quiet)
         else:
             code = _run_one(runnable, question, stream, history, json_output, quiet, settings)
     except KeyboardInterrupt:
@@ -279,7 +279,9 @@ def _run_one(
     if history is not None:
         _write_text(history, handler.to_json())
     if error is not None:
-        code = EXIT_USAGE if isinstance(error, (LocalModelError, ConfigurationError)) else EXIT_FAILED
+        code = (
+            EXIT_USAGE if isinstance(error, (LocalModelError, ConfigurationError)) else EXIT_FAILED
+        )
         _fail(_one_line(error), code)
     usage = _usage(message)
     text = message.text if hasattr(message, "text") else str(message)
@@ -308,8 +310,9 @@ def _run_one(
     return 0
 
 
-def _answer_row(runnable: Any, q: Question, history_lock: threading.Lock,
-                history_fh: Any) -> dict[str, Any]:
+def _answer_row(
+    runnable: Any, q: Question, history_lock: threading.Lock, history_fh: Any
+) -> dict[str, Any]:
     handler = _history_handler()
     started = time.perf_counter()
     answer, error = None, None
@@ -412,7 +415,7 @@ def _run_batch(
         )
     if failed:
         typer.echo(
-            f"moa: {failed} question(s) failed (see \"error\" in {output_file}); "
+            f'moa: {failed} question(s) failed (see "error" in {output_file}); '
             "run the same command again to retry them",
             err=True,
         )

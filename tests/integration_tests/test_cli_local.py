@@ -113,7 +113,9 @@ def test_killed_batch_resumes_where_it_stopped(cli_env: dict[str, str], tmp_path
     done_ids = [r["id"] for r in before]
 
     hist = tmp_path / "history.jsonl"
-    result = CliRunner().invoke(app, ["-i", str(inp), "-o", str(out), "--history", str(hist), *TINY])
+    result = CliRunner().invoke(
+        app, ["-i", str(inp), "-o", str(out), "--history", str(hist), *TINY]
+    )
     assert result.exit_code == 0, result.output
     asked = [h["id"] for h in rows(hist)]
     assert sorted(asked + done_ids) == sorted(q["id"] for q in QUESTIONS)

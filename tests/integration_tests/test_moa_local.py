@@ -114,9 +114,7 @@ def test_history_tokens_match_the_models_own_usage(agents_on_server: LocalServer
     """
     history = MoAHistoryHandler()
     usage_cb = UsageMetadataCallbackHandler()
-    answer = moa(temperature=0.0).invoke(
-        QUESTION, config={"callbacks": [history, usage_cb]}
-    )
+    answer = moa(temperature=0.0).invoke(QUESTION, config={"callbacks": [history, usage_cb]})
     check_run(answer, history)
     calls = history.calls
     per_model = usage_cb.usage_metadata

@@ -38,9 +38,7 @@ def test_quickstart_notebook_runs_and_plots(
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 1, "the tokens/latency plot is missing"
-    tables = [
-        o for o in outputs if "<table" in o.get("data", {}).get("text/html", "")
-    ]
+    tables = [o for o in outputs if "<table" in o.get("data", {}).get("text/html", "")]
     assert tables, "the history table is missing"
     table = tables[0]["data"]["text/html"]
     # one row per call: 3 proposers + 1 aggregator (pandas or the plain HTML table)

@@ -75,8 +75,19 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def test_self_moa_single_question_sends_k_references_and_one_aggregation(server: FaultServer):
     result = moa(
-        "What is 2+2?", "-p", "llamacpp/m", "-k", "3", "--max-tokens", "20",
-        "--aggregator-max-tokens", "30", "-t", "0.3", "--json", "-q",
+        "What is 2+2?",
+        "-p",
+        "llamacpp/m",
+        "-k",
+        "3",
+        "--max-tokens",
+        "20",
+        "--aggregator-max-tokens",
+        "30",
+        "-t",
+        "0.3",
+        "--json",
+        "-q",
     )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
@@ -239,25 +250,38 @@ def test_missing_gguf_is_a_local_model_error(tmp_path: Path):
     ("setup", "fragments"),
     [
         (lambda d: None, ["does not exist"]),
-        (lambda d: (d / "in.jsonl").write_text('{"id": 1, "question": "a"}\n{oops\n'),
-         ["in.jsonl:2", "not valid JSON"]),
-        (lambda d: write_jsonl(d / "in.jsonl", [{"id": 1, "question": "a"}, {"id": 1, "question": "b"}]),
-         ["in.jsonl:2", "duplicate id 1"]),
-        (lambda d: write_jsonl(d / "in.jsonl", [{"id": 1, "prompt": "a"}]),
-         ["in.jsonl:1", '"question"']),
+        (
+            lambda d: (d / "in.jsonl").write_text('{"id": 1, "question": "a"}\n{oops\n'),
+            ["in.jsonl:2", "not valid JSON"],
+        ),
+        (
+            lambda d: write_jsonl(
+                d / "in.jsonl", [{"id": 1, "question": "a"}, {"id": 1, "question": "b"}]
+            ),
+            ["in.jsonl:2", "duplicate id 1"],
+        ),
+        (
+            lambda d: write_jsonl(d / "in.jsonl", [{"id": 1, "prompt": "a"}]),
+            ["in.jsonl:1", '"question"'],
+        ),
         (lambda d: write_jsonl(d / "in.jsonl", [[1, 2]]), ["in.jsonl:1", "list"]),
         (lambda d: write_jsonl(d / "in.jsonl", [{"id": 1.5, "question": "a"}]), ['"id"']),
         (lambda d: (d / "in.jsonl").write_text("\n\n"), ["no questions"]),
         (lambda d: (d / "in.jsonl").write_bytes(b'"\xff\xfe"\n'), ["not UTF-8"]),
-        (lambda d: (write_jsonl(d / "in.jsonl", ["a", "b"]),
-                    (d / "out.jsonl").write_text('{"x": 1}\n{"id": 1}\n')),
-         ["out.jsonl:1", "not an answer row"]),
+        (
+            lambda d: (
+                write_jsonl(d / "in.jsonl", ["a", "b"]),
+                (d / "out.jsonl").write_text('{"x": 1}\n{"id": 1}\n'),
+            ),
+            ["out.jsonl:1", "not an answer row"],
+        ),
     ],
 )
 def test_bad_batch_files_exit_2(server: FaultServer, tmp_path: Path, setup, fragments):
     setup(tmp_path)
-    result = moa("-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"),
-                 "-p", "llamacpp/m")
+    result = moa(
+        "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"), "-p", "llamacpp/m"
+    )
     assert_usage_error(result, *fragments)
     assert server.chat_requests == []
 
@@ -291,8 +315,9 @@ def test_batch_answers_every_question_then_resumes_with_nothing_left(
     )
     out = tmp_path / "out.jsonl"
     hist = tmp_path / "hist.jsonl"
-    result = moa("-i", str(inp), "-o", str(out), "-p", "llamacpp/m", "-k", "2",
-                 "--history", str(hist))
+    result = moa(
+        "-i", str(inp), "-o", str(out), "-p", "llamacpp/m", "-k", "2", "--history", str(hist)
+    )
     assert result.exit_code == 0, result.output
     rows = read_jsonl(out)
     assert [r["id"] for r in rows] == ["a", 2, 3]  # ids: given, else the line number
@@ -300,8 +325,18 @@ def test_batch_answers_every_question_then_resumes_with_nothing_left(
     for row in rows:
         assert row["error"] is None and row["answer"]
         assert row["calls"] == 3 and row["total_tokens"] > 0 and row["latency_s"] >= 0
-        assert set(row) == {"id", "question", "answer", "input_tokens", "output_tokens",
-                            "total_tokens", "calls", "failed_calls", "latency_s", "error"}
+        assert set(row) == {
+            "id",
+            "question",
+            "answer",
+            "input_tokens",
+            "output_tokens",
+            "total_tokens",
+            "calls",
+            "failed_calls",
+            "latency_s",
+            "error",
+        }
     assert len(server.chat_requests) == 9
     # each answer is its own question's aggregation
     for row in rows:
@@ -320,8 +355,18 @@ def test_batch_answers_every_question_then_resumes_with_nothing_left(
 def test_batch_resumes_after_an_interrupted_run(server: FaultServer, tmp_path: Path):
     inp = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "question": f"q{i}"} for i in range(1, 5)])
     out = tmp_path / "out.jsonl"
-    done = {"id": 2, "question": "q2", "answer": "earlier", "input_tokens": 1, "output_tokens": 1,
-            "total_tokens": 2, "calls": 3, "failed_calls": 0, "latency_s": 1.0, "error": None}
+    done = {
+        "id": 2,
+        "question": "q2",
+        "answer": "earlier",
+        "input_tokens": 1,
+        "output_tokens": 1,
+        "total_tokens": 2,
+        "calls": 3,
+        "failed_calls": 0,
+        "latency_s": 1.0,
+        "error": None,
+    }
     # one finished answer, then a row cut short by a kill
     out.write_text(json.dumps(done) + "\n" + '{"id": 3, "question": "q3", "ans')
     result = moa("-i", str(inp), "-o", str(out), "-p", "llamacpp/m", "-k", "2")
@@ -361,8 +406,9 @@ def test_failed_questions_are_recorded_and_retried_on_the_next_run(
 def test_batch_with_concurrency_answers_each_question_once(server: FaultServer, tmp_path: Path):
     inp = write_jsonl(tmp_path / "in.jsonl", [f"q{i}" for i in range(6)])
     out = tmp_path / "out.jsonl"
-    result = moa("-i", str(inp), "-o", str(out), "-p", "llamacpp/m", "-k", "1",
-                 "--concurrency", "3", "-q")
+    result = moa(
+        "-i", str(inp), "-o", str(out), "-p", "llamacpp/m", "-k", "1", "--concurrency", "3", "-q"
+    )
     assert result.exit_code == 0, result.output
     rows = read_jsonl(out)
     assert sorted(r["id"] for r in rows) == list(range(1, 7))
@@ -373,7 +419,9 @@ def test_batch_with_concurrency_answers_each_question_once(server: FaultServer, 
 def test_python_dash_m_entry_point():
     proc = subprocess.run(
         [sys.executable, "-m", "langchain_moa.cli", "--help"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0
     assert "--preset" in proc.stdout and "--input" in proc.stdout

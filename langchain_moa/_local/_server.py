@@ -23,7 +23,6 @@ import sys
 import tempfile
 import threading
 import time
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ LOCAL_API_KEY = "not-needed"
 """The API key sent to local servers (they ignore it; the OpenAI client requires one)."""
 
 _INSTALL_HINT = 'pip install "langchain-moa[local]"'
-_LIVE: weakref.WeakSet[LocalServer] = weakref.WeakSet()
+_LIVE: set[LocalServer] = set()  # strong refs: each is a process to stop at exit
 
 
 def require_llama_cpp() -> None:
@@ -317,6 +316,10 @@ class LocalServer:
                 self._proc.kill()
                 self._proc.wait(timeout=10)
             _LIVE.discard(self)
+            if self.log_path is not None:
+                with contextlib.suppress(OSError):
+                    self.log_path.unlink()
+                self.log_path = None
 
     def __enter__(self) -> LocalServer:
         return self.start()

@@ -158,6 +158,23 @@ async def test_concurrent_requests_queue_on_the_server(local_chat_model) -> None
         assert message.usage_metadata["total_tokens"] > 0
 
 
+async def test_a_queued_request_does_not_cut_a_running_stream(local_chat_model) -> None:
+    """llama_cpp.server ends a stream early when another request arrives, unless
+    interrupt_requests is off (LocalServer turns it off)."""
+    prompt = "Count from 1 to 8, separated by commas."
+    expected = (await local_chat_model.ainvoke(prompt)).content
+
+    async def streamed() -> str:
+        parts = [chunk.content async for chunk in local_chat_model.astream(prompt)]
+        return "".join(parts)
+
+    first = asyncio.create_task(streamed())
+    await asyncio.sleep(0.3)  # the first stream is running when the second arrives
+    second = asyncio.create_task(local_chat_model.ainvoke(prompt))
+    assert await first == expected
+    assert (await second).content == expected
+
+
 def test_batch_keeps_order_and_usage(local_chat_model) -> None:
     results = local_chat_model.batch(
         [

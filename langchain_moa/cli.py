@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperCommand
 
 from langchain_moa._cli_batch import (
     BatchFileError,
@@ -69,7 +70,34 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+class _Command(TyperCommand):
+    """Click/typer usage errors (unknown option, a value of the wrong type) as one line
+    on stderr with exit code 2, like our own errors, instead of a usage box."""
+
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.Abort:
+            sys.exit(EXIT_INTERRUPTED)
+        except typer.TyperException as exc:  # typer's click: UsageError, BadParameter, ...
+            if not hasattr(exc, "format_message"):
+                raise
+            message = " ".join(exc.format_message().split())
+            typer.echo(f"moa: error: {message} (see moa --help)", err=True)
+            sys.exit(getattr(exc, "exit_code", EXIT_USAGE))
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@app.command(cls=_Command, context_settings={"help_option_names": ["-h", "--help"]})
 def main(
     question: Annotated[
         str | None,

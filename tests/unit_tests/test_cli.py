@@ -230,10 +230,16 @@ def test_bad_options_exit_2_with_one_line(server: FaultServer, args, fragments):
     assert server.chat_requests == []
 
 
-def test_typer_level_bad_value_exits_2():
-    result = moa("q", "-k", "many")
-    assert result.exit_code == 2
-    assert "Traceback" not in result.output
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["q", "-k", "many"], ["--samples", "valid integer"]),
+        (["q", "--bogus"], ["No such option: --bogus"]),
+        (["q", "--max-tokens"], ["--max-tokens", "requires an argument"]),
+    ],
+)
+def test_parser_errors_are_one_line_too(args, fragments):
+    assert_usage_error(moa(*args), *fragments)
 
 
 def test_missing_gguf_is_a_local_model_error(tmp_path: Path):

@@ -294,14 +294,14 @@ def _run_one(
         if stream:
             for chunk in runnable.stream(question, config=config):
                 message = chunk if message is None else message + chunk
-                if not json_output and chunk.content:
-                    typer.echo(chunk.content, nl=False)
+                if not json_output and chunk.text:
+                    typer.echo(chunk.text, nl=False)
                     sys.stdout.flush()
             if not json_output and message is not None:
                 typer.echo("")
         else:
             message = runnable.invoke(question, config=config)
-    except (MoAError, Exception) as exc:  # reported as one line, history still written
+    except Exception as exc:  # reported as one line; the history is still written
         error = exc
     elapsed = time.perf_counter() - started
     if history is not None:

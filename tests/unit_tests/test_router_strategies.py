@@ -68,8 +68,8 @@ class TestStrategies:
         assert Deployment(model="openai/gpt-4o-mini", price_in=1.0).prices() == (1.0, 0.60)
 
     def test_latency_explores_untried_then_prefers_fastest(self) -> None:
-        slow = ScriptedChat(replies=["slow"], delay=0.08)
-        fast = ScriptedChat(replies=["fast"], delay=0.01)
+        slow = ScriptedChat(replies=["slow"], delay=0.3)
+        fast = ScriptedChat(replies=["fast"], delay=0.0)
         r = ProviderRouter(
             deployments=[Deployment(llm=slow, name="slow"), Deployment(llm=fast, name="fast")],
             strategy="latency",

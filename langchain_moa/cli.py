@@ -246,8 +246,13 @@ def main(
 def _start_local_models(names: list[str], quiet: bool) -> None:
     """Assemble and start the bundled models now, so a missing extra is a clear error
     (not a failed call inside the pipeline) and the first answer's latency is honest."""
-    from langchain_moa.local import get_local_chat_model
+    import os
 
+    from langchain_moa._local._server import require_llama_cpp
+    from langchain_moa.local import LOCAL_BASE_URL_ENV, get_local_chat_model
+
+    if names and not os.environ.get(LOCAL_BASE_URL_ENV):
+        require_llama_cpp()  # the install hint before any "starting" line
     for name in names:
         if not quiet:
             typer.echo(f"moa: starting local model {name} ...", err=True)

@@ -8,6 +8,7 @@ or ``--base-url``; no local model is needed.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -431,3 +432,23 @@ def test_python_dash_m_entry_point():
     )
     assert proc.returncode == 0
     assert "--preset" in proc.stdout and "--input" in proc.stdout
+
+
+def test_missing_local_extra_names_the_pip_command():
+    """llama-cpp-python made unimportable (``sys.modules[name] = None`` is how Python
+    marks a module as absent): the default local model fails with the install hint."""
+    code = (
+        "import sys; sys.modules['llama_cpp'] = None\n"
+        "from langchain_moa.cli import app\n"
+        "app(['What is 2+2?'], prog_name='moa')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in KEY_VARS}
+    env.pop("LANGCHAIN_MOA_LOCAL_BASE_URL", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("moa: error: "), proc.stderr
+    assert 'pip install "langchain-moa[local]"' in lines[0]
+    assert "Traceback" not in proc.stderr

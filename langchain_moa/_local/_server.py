@@ -85,11 +85,11 @@ class LocalServer:
         n_ctx: context window in tokens (prompt + completion); default 4096, enough
             for an MoA aggregator prompt holding several candidate answers. A longer
             request gets HTTP 400 from the server.
-        n_threads: CPU threads for generation; default half the CPUs (at least 1),
-            llama-cpp-python's own default. On an idle 2-core machine 2 threads are
-            faster (about 25 vs 14 tokens/s for the 0.5B model), but when other
-            processes (tests, a second server) compete for the cores, 2 threads can
-            drop to 1-9 tokens/s while 1 thread keeps 10-11 tokens/s.
+        n_threads: CPU threads for generation; default all CPUs, at most 8. Measured
+            with the 0.5B model on 2 cores: 25 tokens/s with 2 threads vs 14 with 1
+            on an idle machine, and 11.5 vs 8.4 (medians of 4) while two other
+            servers were busy, thanks to passive OpenMP waiting (see :meth:`start`);
+            with llama.cpp's default busy waiting, 2 contended threads fell to 1 token/s.
         n_threads_batch: CPU threads for prompt processing; default: as ``n_threads``.
         chat_format: llama-cpp-python chat format name; default ``None`` uses the chat
             template stored in the GGUF (right for the bundled Qwen models).
@@ -139,7 +139,7 @@ class LocalServer:
             )
         self.model_path = Path(model_path).expanduser()
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
+        self.n_threads = n_threads or min(8, os.cpu_count() or 1)
         self.n_threads_batch = n_threads_batch or self.n_threads
         self.chat_format = chat_format
         self.model_alias = model_alias or self.model_path.stem
@@ -217,7 +217,10 @@ class LocalServer:
     def start(self) -> LocalServer:
         """Start the server and wait until ``GET /v1/models`` answers 200.
 
-        Idempotent while running. Returns ``self``.
+        The subprocess gets ``OMP_WAIT_POLICY=PASSIVE`` unless the variable is set:
+        llama.cpp's OpenMP threads otherwise spin while waiting, which on shared
+        cores made generation about 10 times slower. Idempotent while running.
+        Returns ``self``.
         """
         with self._lock:
             if self.is_running():
@@ -234,7 +237,7 @@ class LocalServer:
                 log_fd, log_name = tempfile.mkstemp(prefix="langchain-moa-llama-", suffix=".log")
                 self.log_path = Path(log_name)
                 # llama.cpp's OpenMP threads spin while waiting by default; on shared
-                # cores that made 2-thread generation ~10x slower (1.1 vs 9-11 tokens/s)
+                # cores that made 2-thread generation ~10x slower (1.1 vs 9-12 tokens/s)
                 env = {**os.environ}
                 env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
                 try:

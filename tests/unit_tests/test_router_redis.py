@@ -137,4 +137,6 @@ def test_two_routers_share_one_rpm_quota(store: RedisStore) -> None:
         r1.invoke("q")
         r2.invoke("q")
     ts = sorted(a1.times + a2.times)
-    assert min(y - x for x, y in zip(ts, ts[1:], strict=False)) >= 0.09  # one shared pace of 10/s
+    gaps = [y - x for x, y in zip(ts, ts[1:], strict=False)]
+    # one shared pace of 10/s (two separate routers would each allow 10/s: gaps ~0)
+    assert min(gaps) >= 0.06 and sum(gaps) / len(gaps) >= 0.095

@@ -21,7 +21,6 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -149,6 +148,8 @@ def verify_file(path: Path | str, sha256: str, size: int, *, trust_sidecar: bool
 
 @contextlib.contextmanager
 def _exclusive_lock(lock_path: Path) -> Iterator[None]:
+    import fcntl  # POSIX only; imported here so the module still imports elsewhere
+
     with open(lock_path, "a+b") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:

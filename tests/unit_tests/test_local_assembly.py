@@ -306,3 +306,31 @@ def test_installed_chunk_packages_add_up_to_the_pinned_size(name: str) -> None:
     assert sum(p.stat().st_size for p in parts) == model.size
     with open(parts[0], "rb") as fh:
         assert fh.read(4) == b"GGUF"
+
+
+# --------------------------------------------------------------------------- clients
+def test_client_for_a_local_server_keeps_max_tokens_and_turns_retries_off() -> None:
+    from langchain_openai import ChatOpenAI
+
+    from langchain_moa.local import chat_model_for_base_url
+
+    llm = chat_model_for_base_url("http://127.0.0.1:9/v1/", "m", max_tokens=7, temperature=0)
+    assert not isinstance(llm, ChatOpenAI)  # ChatOpenAI renames max_tokens
+    payload = llm._get_request_payload("hi")
+    assert payload["max_tokens"] == 7 and "max_completion_tokens" not in payload
+    assert (llm.max_retries, llm.stream_usage, llm.openai_api_base) == (
+        0,
+        True,
+        "http://127.0.0.1:9/v1",
+    )
+    assert llm.http_async_client is not None  # loopback: no kept-alive connections
+    remote = chat_model_for_base_url("https://example.invalid/v1", "m", api_key="k")
+    assert remote.http_async_client is None
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8080/v1", "", None, "ftp://x/v1"])
+def test_client_rejects_a_base_url_without_scheme(url) -> None:
+    from langchain_moa.local import chat_model_for_base_url
+
+    with pytest.raises(ConfigurationError, match="base_url"):
+        chat_model_for_base_url(url, "m")

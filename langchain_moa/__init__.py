@@ -22,6 +22,13 @@ from langchain_moa.errors import (
     RouterError,
 )
 from langchain_moa.history import MoAHistoryHandler, StepRecord
+from langchain_moa.local import (
+    LocalServer,
+    aget_local_chat_model,
+    chat_model_for_base_url,
+    chat_model_for_gguf,
+    get_local_chat_model,
+)
 from langchain_moa.providers import PROVIDERS, parse_model_name, register_provider
 from langchain_moa.steps import (
     Aggregate,
@@ -62,6 +69,12 @@ __all__ = [
     "Candidate",
     "CallRecord",
     "ClientChatModel",
+    # local models and self-hosted servers
+    "LocalServer",
+    "get_local_chat_model",
+    "aget_local_chat_model",
+    "chat_model_for_gguf",
+    "chat_model_for_base_url",
     # providers
     "PROVIDERS",
     "parse_model_name",

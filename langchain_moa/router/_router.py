@@ -922,7 +922,7 @@ class ProviderRouter(BaseChatModel):
                     break
             return
         req.skipped_once.add(name)
-        self._stats[name].skips += 1
+        self._stats[name].skip()
         req.attempts.append(
             {
                 "deployment": name,

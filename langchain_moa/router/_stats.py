@@ -65,6 +65,10 @@ class DeploymentStats:
             if cost:
                 self.spend_usd += cost
 
+    def skip(self) -> None:
+        with self._lock:
+            self.skips += 1
+
     def failure(self, kind: str, message: str, latency_s: float | None) -> None:
         with self._lock:
             self.failures += 1

@@ -41,3 +41,25 @@ def test_router_as_proposer_and_aggregator_with_failover() -> None:
     expected = (7 * 0.15 + 1 * 0.60) / 1e6 + (7 * 0.15 + 4 * 0.60) / 1e6
     assert abs(out.response_metadata["moa"]["cost_usd"] - expected) < 1e-12
     assert out.response_metadata["moa"]["failed_calls"] == 0  # failover is invisible to MoA
+
+
+def test_router_in_a_langgraph_node() -> None:
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    router = ProviderRouter(
+        deployments=[
+            Deployment(llm=ScriptedChat(replies=[http_error(500)]), name="down"),
+            Deployment(llm=ScriptedChat(replies=["graph reply"], model_name="m"), name="up"),
+        ]
+    )
+
+    def call(state: MessagesState) -> dict:
+        return {"messages": [router.invoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("llm", call)
+    graph.add_edge(START, "llm")
+    graph.add_edge("llm", END)
+    out = graph.compile().invoke({"messages": [("user", "hi")]})
+    assert out["messages"][-1].content == "graph reply"
+    assert out["messages"][-1].response_metadata["router"]["deployment"] == "up"

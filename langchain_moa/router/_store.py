@@ -27,6 +27,11 @@ __all__ = ["RouterStore", "InMemoryStore", "RedisStore", "window_decision"]
 T = TypeVar("T")
 
 
+PACE_TOLERANCE = 0.25
+"""Fraction of one request's pacing interval by which a late admission is made up
+for on the next one (so scheduling delays do not lower the achieved rate)."""
+
+
 def window_decision(
     entries: list[tuple[float, float]],
     amount: float,
@@ -34,6 +39,7 @@ def window_decision(
     window: float,
     now: float,
     pace: bool,
+    next_at: float | None = None,
 ) -> float:
     """Seconds to wait before ``amount`` may be admitted (0 = admit now).
 
@@ -43,9 +49,12 @@ def window_decision(
     * **window**: the amounts admitted in the last ``window`` seconds plus
       ``amount`` stay within ``limit`` (a hard cap, whatever the server's own
       accounting: sliding window, fixed window or token bucket);
-    * **pacing** (``pace=True``): after admitting ``a`` the next admission waits
-      ``a * window / limit`` seconds, so traffic is spread evenly at the limit's
-      rate instead of bursting the whole minute's quota at once.
+    * **pacing** (``pace=True``): admissions follow a schedule spaced
+      ``a * window / limit`` seconds after each admitted amount ``a`` (a GCRA /
+      virtual-clock schedule), so traffic is spread evenly at the limit's rate
+      instead of bursting the whole minute's quota at once. ``next_at`` is the
+      schedule's next slot (see :func:`pace_after`); without it the last entry's
+      time plus its interval is used.
 
     A single request larger than ``limit`` is admitted only when the window is empty.
     """
@@ -60,10 +69,38 @@ def window_decision(
             if freed >= need:
                 wait = t + window - now
                 break
-    if pace and entries:
-        t_last, a_last = entries[-1]
-        wait = max(wait, t_last + a_last * window / limit - now)
+    if pace:
+        if next_at is not None:
+            wait = max(wait, next_at - now)
+        elif entries:
+            t_last, a_last = entries[-1]
+            wait = max(wait, t_last + a_last * window / limit - now)
     return max(0.0, wait)
+
+
+def pace_after(
+    next_at: float | None,
+    prev_gap: float | None,
+    amount: float,
+    limit: float,
+    window: float,
+    now: float,
+) -> tuple[float, float]:
+    """The schedule after admitting ``amount`` at ``now``: ``(next_at, gap)``.
+
+    The admission's slot on the schedule is ``max(next_at, now - PACE_TOLERANCE *
+    prev_gap)``: an admission that came late (the waiting task woke up late) keeps
+    its scheduled slot, up to a quarter of an interval, so the next one is not
+    pushed back by the delay. Admissions are never earlier than ``next_at``, so any
+    span of ``T`` seconds holds at most ``(T + PACE_TOLERANCE * gap) / gap + 1``
+    admissions.
+    """
+    gap = amount * window / limit
+    if next_at is None or prev_gap is None:
+        slot = now
+    else:
+        slot = max(next_at, now - PACE_TOLERANCE * prev_gap)
+    return slot + gap, gap
 
 
 class RouterStore(ABC):
@@ -126,6 +163,7 @@ class InMemoryStore(RouterStore):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._windows: dict[str, dict[str, tuple[float, float]]] = {}
+        self._pace: dict[str, dict[str, Any]] = {}
         self._slots: dict[str, int] = {}
         self._health: dict[str, dict[str, Any]] = {}
 
@@ -136,22 +174,42 @@ class InMemoryStore(RouterStore):
             log = self._windows.setdefault(key, {})
             for rid in [r for r, (t, _) in log.items() if t <= now - window]:
                 del log[rid]
-            wait = window_decision(list(log.values()), amount, limit, window, now, pace)
+            st = self._pace.get(key) if pace else None
+            next_at = st["next_at"] if st else None
+            wait = window_decision(list(log.values()), amount, limit, window, now, pace, next_at)
             if wait > 0:
                 return None, wait
             rid = uuid.uuid4().hex
             log[rid] = (now, float(amount))
+            if pace:
+                nxt, gap = pace_after(
+                    next_at, st["gap"] if st else None, amount, limit, window, now
+                )
+                self._pace[key] = {"next_at": nxt, "gap": gap, "last": rid, "undo": st}
             return rid, 0.0
 
     def window_adjust(self, key: str, reservation_id: str, amount: float) -> None:
         with self._lock:
             log = self._windows.get(key, {})
             if reservation_id in log:
-                log[reservation_id] = (log[reservation_id][0], float(amount))
+                t, old = log[reservation_id]
+                log[reservation_id] = (t, float(amount))
+                st = self._pace.get(key)
+                if st and st["last"] == reservation_id and old > 0:
+                    # the schedule moves with the real amount of the latest admission
+                    new_gap = st["gap"] * amount / old
+                    st["next_at"] += new_gap - st["gap"]
+                    st["gap"] = new_gap
 
     def window_release(self, key: str, reservation_id: str) -> None:
         with self._lock:
             self._windows.get(key, {}).pop(reservation_id, None)
+            st = self._pace.get(key)
+            if st and st["last"] == reservation_id:
+                if st["undo"] is None:
+                    del self._pace[key]
+                else:
+                    self._pace[key] = st["undo"]
 
     def slot_acquire(self, key: str, limit: int | None) -> bool:
         with self._lock:
@@ -184,15 +242,17 @@ class InMemoryStore(RouterStore):
     def reset(self) -> None:
         with self._lock:
             self._windows.clear()
+            self._pace.clear()
             self._slots.clear()
             self._health.clear()
 
 
 _WINDOW_LUA = """
 local key = KEYS[1]
+local pk = key .. ':pace'
 local amount = tonumber(ARGV[1]); local limit = tonumber(ARGV[2])
 local window = tonumber(ARGV[3]); local now = tonumber(ARGV[4])
-local pace = ARGV[5] == '1'; local rid = ARGV[6]
+local pace = ARGV[5] == '1'; local rid = ARGV[6]; local tol = tonumber(ARGV[7])
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
 local ids = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
 local total = 0
@@ -201,6 +261,8 @@ for i = 1, #ids, 2 do
   local a = tonumber(redis.call('HGET', key .. ':amt', ids[i]) or '0')
   table.insert(ts, tonumber(ids[i+1])); table.insert(am, a); total = total + a
 end
+local st = {false, false, false}
+if pace then st = redis.call('HMGET', pk, 'next_at', 'gap', 'last') end
 local wait = 0
 local n = #ts
 if n > 0 and total + amount > limit then
@@ -212,16 +274,63 @@ if n > 0 and total + amount > limit then
     if freed >= need then wait = ts[i] + window - now; break end
   end
 end
-if pace and n > 0 then
-  local w2 = ts[n] + am[n] * window / limit - now
+if pace then
+  local w2 = 0
+  if st[1] then w2 = tonumber(st[1]) - now
+  elseif n > 0 then w2 = ts[n] + am[n] * window / limit - now end
   if w2 > wait then wait = w2 end
 end
-if wait > 0 then return {0, tostring(wait)} end
+if wait > 0 then return {0, string.format('%.6f', wait)} end
 redis.call('ZADD', key, now, rid)
 redis.call('HSET', key .. ':amt', rid, amount)
-redis.call('EXPIRE', key, math.ceil(window) + 60)
-redis.call('EXPIRE', key .. ':amt', math.ceil(window) + 60)
+local ttl = math.ceil(window) + 60
+redis.call('EXPIRE', key, ttl)
+redis.call('EXPIRE', key .. ':amt', ttl)
+if pace then
+  local gap = amount * window / limit
+  local slot = now
+  if st[1] then
+    slot = math.max(tonumber(st[1]), now - tol * tonumber(st[2]))
+    redis.call('HSET', pk, 'u_next_at', st[1], 'u_gap', st[2], 'u_last', st[3], 'has_undo', '1')
+  else
+    redis.call('HSET', pk, 'has_undo', '0')
+  end
+  redis.call('HSET', pk, 'next_at', string.format('%.6f', slot + gap),
+             'gap', string.format('%.9f', gap), 'last', rid)
+  redis.call('EXPIRE', pk, ttl)
+end
 return {1, '0'}
+"""
+
+_ADJUST_LUA = """
+local key = KEYS[1]; local pk = key .. ':pace'
+local rid = ARGV[1]; local amount = tonumber(ARGV[2])
+if not redis.call('ZSCORE', key, rid) then return 0 end
+local old = tonumber(redis.call('HGET', key .. ':amt', rid) or '0')
+redis.call('HSET', key .. ':amt', rid, amount)
+if redis.call('HGET', pk, 'last') == rid and old > 0 then
+  local gap = tonumber(redis.call('HGET', pk, 'gap'))
+  local nxt = tonumber(redis.call('HGET', pk, 'next_at'))
+  local ng = gap * amount / old
+  redis.call('HSET', pk, 'next_at', string.format('%.6f', nxt + ng - gap),
+             'gap', string.format('%.9f', ng))
+end
+return 1
+"""
+
+_RELEASE_LUA = """
+local key = KEYS[1]; local pk = key .. ':pace'; local rid = ARGV[1]
+redis.call('ZREM', key, rid)
+redis.call('HDEL', key .. ':amt', rid)
+if redis.call('HGET', pk, 'last') == rid then
+  if redis.call('HGET', pk, 'has_undo') == '1' then
+    local v = redis.call('HMGET', pk, 'u_next_at', 'u_gap', 'u_last')
+    redis.call('HSET', pk, 'next_at', v[1], 'gap', v[2], 'last', v[3], 'has_undo', '0')
+  else
+    redis.call('DEL', pk)
+  end
+end
+return 1
 """
 
 _SLOT_LUA = """
@@ -249,6 +358,8 @@ class RedisStore(RouterStore):
         self._r = client
         self._p = prefix
         self._window = client.register_script(_WINDOW_LUA)
+        self._adjust = client.register_script(_ADJUST_LUA)
+        self._release = client.register_script(_RELEASE_LUA)
         self._slot = client.register_script(_SLOT_LUA)
 
     def _k(self, *parts: str) -> str:
@@ -260,21 +371,17 @@ class RedisStore(RouterStore):
         rid = uuid.uuid4().hex
         ok, wait = self._window(
             keys=[self._k("win", key)],
-            args=[amount, limit, window, now, "1" if pace else "0", rid],
+            args=[amount, limit, window, now, "1" if pace else "0", rid, PACE_TOLERANCE],
         )
         if int(ok) == 1:
             return rid, 0.0
         return None, max(0.0, float(wait))
 
     def window_adjust(self, key: str, reservation_id: str, amount: float) -> None:
-        k = self._k("win", key)
-        if self._r.zscore(k, reservation_id) is not None:
-            self._r.hset(k + ":amt", reservation_id, float(amount))
+        self._adjust(keys=[self._k("win", key)], args=[reservation_id, float(amount)])
 
     def window_release(self, key: str, reservation_id: str) -> None:
-        k = self._k("win", key)
-        self._r.zrem(k, reservation_id)
-        self._r.hdel(k + ":amt", reservation_id)
+        self._release(keys=[self._k("win", key)], args=[reservation_id])
 
     def slot_acquire(self, key: str, limit: int | None) -> bool:
         return (

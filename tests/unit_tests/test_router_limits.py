@@ -12,8 +12,13 @@ from langchain_moa.errors import ConfigurationError
 from langchain_moa.router import Deployment, InMemoryStore, Limits, ProviderRouter
 from langchain_moa.router._limits import try_acquire
 from langchain_moa.router._store import window_decision
+from tests.unit_tests import router_fakes as _rf
 from tests.unit_tests.moa_fakes import Gauge, ScriptedChat
-from tests.unit_tests.router_fakes import TimedChat
+from tests.unit_tests.router_fakes import (
+    TimedChat,
+)
+
+redis_client = _rf.redis_client  # the fixture
 
 
 class TestWindow:
@@ -187,3 +192,44 @@ class TestSlotWakeups:
         t0 = time.time()
         await asyncio.gather(*[router.ainvoke("q") for _ in range(6)])
         assert time.time() - t0 < 1.1
+
+
+@pytest.fixture(params=["memory", "redis"])
+def any_store(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    if request.param == "memory":
+        return InMemoryStore()
+    client = request.getfixturevalue("redis_client")
+    from langchain_moa.router import RedisStore
+
+    store = RedisStore(client, prefix=f"pace-{request.node.name}:")
+    store.reset()
+    return store
+
+
+class TestPaceSchedule:
+    def test_late_admission_is_made_up_for(self, any_store) -> None:  # type: ignore[no-untyped-def]
+        # one per second; the 2nd is admitted 0.2 s late, the 3rd may come 0.8 s later
+        assert any_store.window_acquire("rpm:x", 1, 60, 60.0, 0.0)[0]
+        assert any_store.window_acquire("rpm:x", 1, 60, 60.0, 1.2)[0]
+        rid, wait = any_store.window_acquire("rpm:x", 1, 60, 60.0, 1.9)
+        assert rid is None and wait == pytest.approx(0.1)
+        assert any_store.window_acquire("rpm:x", 1, 60, 60.0, 2.0)[0]
+
+    def test_catch_up_is_bounded_by_a_quarter_interval(self, any_store) -> None:  # type: ignore[no-untyped-def]
+        assert any_store.window_acquire("rpm:x", 1, 60, 60.0, 0.0)[0]
+        assert any_store.window_acquire("rpm:x", 1, 60, 60.0, 5.0)[0]  # idle: no credit
+        rid, wait = any_store.window_acquire("rpm:x", 1, 60, 60.0, 5.5)
+        assert rid is None and wait == pytest.approx(0.25)
+
+    def test_release_restores_the_schedule(self, any_store) -> None:  # type: ignore[no-untyped-def]
+        assert any_store.window_acquire("rpm:x", 1, 60, 60.0, 0.0)[0]
+        rid, _ = any_store.window_acquire("rpm:x", 1, 60, 60.0, 1.0)
+        any_store.window_release("rpm:x", rid)  # never sent
+        assert any_store.window_acquire("rpm:x", 1, 60, 60.0, 1.0)[0]
+
+    def test_reconcile_moves_the_schedule(self, any_store) -> None:  # type: ignore[no-untyped-def]
+        rid, _ = any_store.window_acquire("tpm:x", 600, 6000, 60.0, 0.0)  # 6 s of tokens
+        any_store.window_adjust("tpm:x", rid, 100)  # really 100 tokens: 1 s
+        r2, wait = any_store.window_acquire("tpm:x", 10, 6000, 60.0, 0.5)
+        assert r2 is None and wait == pytest.approx(0.5)
+        assert any_store.window_acquire("tpm:x", 10, 6000, 60.0, 1.0)[0]

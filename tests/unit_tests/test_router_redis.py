@@ -7,62 +7,25 @@ Two routers sharing one store stand for two worker processes sharing a quota.
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from langchain_moa.router import Deployment, InMemoryStore, ProviderRouter, RedisStore
 from langchain_moa.router._health import HealthConfig, claim
+from tests.unit_tests import router_fakes as _rf
 from tests.unit_tests.moa_fakes import ScriptedChat
-from tests.unit_tests.router_fakes import TimedChat, rate_limited
+from tests.unit_tests.router_fakes import (
+    TimedChat,
+    rate_limited,
+)
 
 redis = pytest.importorskip("redis")
-REDIS_SERVER = shutil.which("redis-server")
-pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server binary not installed")
+pytestmark = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="redis-server binary not installed"
+)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def redis_client() -> Iterator[object]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            str(REDIS_SERVER),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(host="127.0.0.1", port=port)
-    try:
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        else:
-            pytest.fail("redis-server did not start")
-        yield client
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(timeout=10)
+redis_client = _rf.redis_client  # the fixture
 
 
 @pytest.fixture

@@ -352,6 +352,23 @@ class ProviderRouter(BaseChatModel):
             ``.errors`` maps every deployment to its last error or skip reason.
         openai.BadRequestError (or the provider's equivalent): a bad request,
             raised at once without failover.
+
+    Decision metadata: every answer's ``response_metadata["router"]`` (the last
+    chunk's, when streaming) holds ``deployment``, ``model``, ``strategy``,
+    ``candidates`` (each deployment's ``rank``, ``score``, ``note`` or ``skipped``
+    reason), ``attempts`` (deployment, ``outcome`` ok/error/skipped, ``error_kind``,
+    ``status``, ``retry_after_s``, ``latency_s``, ``ttft_s``), ``passes``,
+    ``waited_s``, ``queued_s``, ``cost_usd``. ``invoke``/``ainvoke`` also send it to
+    callback handlers as the custom event ``"moa_router_decision"``.
+
+    Tracing: the router's chat-model run has one child chain run
+    ``"router-failover"`` (the ``with_fallbacks`` chain) whose children are the
+    attempts, each named after its deployment (``"a"``, ``"a (retry 1)"``).
+    Deployments are called below the callback layer, so token usage is reported
+    once, by the router's run (``UsageMetadataCallbackHandler`` counts each call
+    once). ``response_metadata["model_name"]`` is the model id the provider reported.
+    In ``stream``/``astream`` LangChain does not hand the run manager to the model,
+    so attempts of a stream are not nested under the router's run.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)

@@ -7,10 +7,14 @@ URL reaches the class-level ``chat_model_params`` through the environment variab
 
 Standard tests switched off, and why:
 
-* tool calling / tool choice / structured output / JSON mode: a 0.5B model behind
+* tool calling / tool choice / structured output: a 0.5B model behind
   llama-cpp-python's default chat format does not produce reliable tool calls, so
   these would test the model, not the router (the router's pass-through of
   ``bind_tools`` / ``with_structured_output`` is covered by unit tests);
+* JSON mode: the router supports it (``response_format``), but the suite's
+  joke-as-JSON answer does not fit the 24-token budget that keeps this suite short
+  (tried: the reply is cut at ``max_tokens`` and the SDK raises
+  ``LengthFinishReasonError``, which the router rightly raises without failover);
 * image / audio / video / PDF inputs, Anthropic-style inputs, image tool messages:
   the local model is text-only;
 * model override (``invoke(..., model=...)``): supported (``model=`` pins a

@@ -29,7 +29,22 @@ from langchain_moa.local import (
     chat_model_for_gguf,
     get_local_chat_model,
 )
-from langchain_moa.providers import PROVIDERS, parse_model_name, register_provider
+from langchain_moa.pricing import PRICES, cost_usd
+from langchain_moa.providers import (
+    PROVIDERS,
+    parse_model_name,
+    register_logical_model,
+    register_provider,
+    resolve_logical_model,
+)
+from langchain_moa.router import (
+    Deployment,
+    InMemoryStore,
+    ProviderRouter,
+    RedisStore,
+    RetryPolicy,
+    RouterStore,
+)
 from langchain_moa.steps import (
     Aggregate,
     Dropout,
@@ -75,10 +90,21 @@ __all__ = [
     "aget_local_chat_model",
     "chat_model_for_gguf",
     "chat_model_for_base_url",
-    # providers
+    # router
+    "ProviderRouter",
+    "Deployment",
+    "RetryPolicy",
+    "RouterStore",
+    "InMemoryStore",
+    "RedisStore",
+    # providers and prices
     "PROVIDERS",
     "parse_model_name",
     "register_provider",
+    "register_logical_model",
+    "resolve_logical_model",
+    "PRICES",
+    "cost_usd",
     # errors
     "MoAError",
     "ConfigurationError",

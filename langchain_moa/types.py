@@ -39,6 +39,9 @@ class CallRecord(BaseModel):
             (see :mod:`langchain_moa.pricing`), else ``None``.
         error: ``"ExceptionType: message"`` when the call failed or returned an
             empty reply, else ``None``.
+        router: when the agent is a :class:`~langchain_moa.router.ProviderRouter`, its
+            decision (``response_metadata["router"]``): the deployment that answered,
+            the candidates with scores and skip reasons, every attempt, waits, cost.
     """
 
     step: str
@@ -53,6 +56,7 @@ class CallRecord(BaseModel):
     latency_s: float = 0.0
     cost_usd: float | None = None
     error: str | None = None
+    router: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:

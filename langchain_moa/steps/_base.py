@@ -313,7 +313,9 @@ class LLMStep(Step):
             # a native structured reply: keep the judgement visible in the history
             text = json.dumps([call["args"] for call in message.tool_calls], ensure_ascii=False)
         usage = getattr(message, "usage_metadata", None) or {}
-        response_model = (getattr(message, "response_metadata", None) or {}).get("model_name")
+        metadata = getattr(message, "response_metadata", None) or {}
+        response_model = metadata.get("model_name")
+        routing = metadata.get("router") if isinstance(metadata.get("router"), dict) else None
         parsing_error = reply.get("parsing_error") if isinstance(reply, dict) else None
         if error is None and message is None:
             error_text = "no reply"
@@ -343,17 +345,27 @@ class LLMStep(Step):
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             latency_s=time.perf_counter() - started,
-            cost_usd=self._cost(job, response_model, input_tokens, output_tokens)
+            cost_usd=self._cost(job, response_model, input_tokens, output_tokens, routing)
             if error is None
             else None,
             error=error_text,
+            router=routing,
         )
 
     def _cost(
-        self, job: Job, response_model: str | None, input_tokens: int, output_tokens: int
+        self,
+        job: Job,
+        response_model: str | None,
+        input_tokens: int,
+        output_tokens: int,
+        routing: dict[str, Any] | None,
     ) -> float | None:
-        """USD of one call: priced by the reported model, else by the agent's name
-        (providers report dated ids such as ``gpt-4o-mini-2024-07-18``)."""
+        """USD of one call: the router's own figure (the deployment's price) when a
+        ``ProviderRouter`` answered, else priced by the reported model, else by the
+        agent's name (providers report dated ids such as ``gpt-4o-mini-2024-07-18``);
+        a step's ``prices`` override the table."""
+        if routing and routing.get("cost_usd") is not None and not self.prices:
+            return float(routing["cost_usd"])
         for model in (response_model, job.agent.name):
             if model:
                 cost = pricing.cost_usd(model, input_tokens, output_tokens, self.prices)

@@ -25,16 +25,18 @@ papers' models on Together AI (``TOGETHER_API_KEY``); pass your own for anything
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from langchain_core.runnables import Runnable
 
+from langchain_moa._run import pipeline
 from langchain_moa.errors import ConfigurationError
 from langchain_moa.steps import Aggregate, Dropout, Propose, Shuffle, Synthesize
 from langchain_moa.steps._base import validate_positive_int
 
 __all__ = [
     "PAPER_PROPOSERS",
+    "PresetOptions",
     "together_moa",
     "moa_lite",
     "self_moa",
@@ -55,27 +57,63 @@ TOGETHER_MOA_AGGREGATOR = "together/Qwen/Qwen1.5-110B-Chat"
 MOA_LITE_AGGREGATOR = "together/Qwen/Qwen1.5-72B-Chat"
 
 
-def _sampling(
-    temperature: float,
-    reference_max_tokens: int | None,
-    aggregator_max_tokens: int | None,
-    client: Callable[..., Any] | None,
-    max_concurrency: int | None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    shared = {"temperature": temperature, "client": client}
-    references = {**shared, "max_tokens": reference_max_tokens, "max_concurrency": max_concurrency}
-    return references, {**shared, "max_tokens": aggregator_max_tokens}
+class PresetOptions(TypedDict, total=False):
+    """Keyword arguments every preset takes.
+
+    Attributes:
+        temperature: for every call; default 0.7, as in both papers.
+        reference_max_tokens: output budget (tokens) of each reference; default 2048,
+            the MoA paper's evaluation setting.
+        aggregator_max_tokens: output budget (tokens) of the final aggregator;
+            default 2048.
+        client: mixture-llm client ``(model, messages, temp, max_tokens) -> (text,
+            input_tokens, output_tokens)`` serving the string agents.
+        max_concurrency: bound on simultaneous calls within a layer.
+    """
+
+    temperature: float
+    reference_max_tokens: int | None
+    aggregator_max_tokens: int | None
+    client: Callable[..., Any] | None
+    max_concurrency: int | None
 
 
-def together_moa(
-    proposers: Sequence[Any] | None = None,
-    aggregator: Any = None,
+def _build(
+    name: str,
+    proposers: Sequence[Any],
+    aggregator: Any,
+    middle: Sequence[Any] = (),
     *,
+    synthesize: bool = False,
     temperature: float = 0.7,
     reference_max_tokens: int | None = 2048,
     aggregator_max_tokens: int | None = 2048,
     client: Callable[..., Any] | None = None,
     max_concurrency: int | None = None,
+) -> Runnable:
+    """Propose [-> Synthesize] [-> middle steps] -> Aggregate, named ``name``."""
+    if not proposers:
+        raise ConfigurationError(f"proposers must be a non-empty list of agents, got {proposers!r}")
+    references = {
+        "temperature": temperature,
+        "client": client,
+        "max_tokens": reference_max_tokens,
+        "max_concurrency": max_concurrency,
+    }
+    steps: list[Any] = [Propose(list(proposers), **references)]
+    if synthesize:
+        steps.append(Synthesize(list(proposers), **references))
+    steps.extend(middle)
+    final = Aggregate(
+        aggregator, temperature=temperature, client=client, max_tokens=aggregator_max_tokens
+    )
+    return pipeline([*steps, final]).with_config(run_name=name)
+
+
+def together_moa(
+    proposers: Sequence[Any] | None = None,
+    aggregator: Any = None,
+    **options: Unpack[PresetOptions],
 ) -> Runnable:
     """Together MoA: 3 layers — Propose -> Synthesize (same agents) -> Aggregate.
 
@@ -83,57 +121,36 @@ def together_moa(
         proposers: the reference agents of layers 1 and 2 (default
             :data:`PAPER_PROPOSERS`).
         aggregator: the final agent (default Qwen1.5-110B-Chat on Together AI).
-        temperature: for every call; 0.7 as in the paper.
-        reference_max_tokens, aggregator_max_tokens: separate output budgets (tokens)
-            for the references and the aggregator; 2048 as in the paper's evaluation.
-        client: mixture-llm client serving string agents.
-        max_concurrency: bound on simultaneous calls within a layer.
+        **options: see :class:`PresetOptions`.
     """
-    proposers = list(PAPER_PROPOSERS if proposers is None else proposers)
-    refs, agg = _sampling(
-        temperature, reference_max_tokens, aggregator_max_tokens, client, max_concurrency
+    return _build(
+        "together_moa",
+        PAPER_PROPOSERS if proposers is None else proposers,
+        TOGETHER_MOA_AGGREGATOR if aggregator is None else aggregator,
+        synthesize=True,
+        **options,
     )
-    return (
-        Propose(proposers, **refs)
-        | Synthesize(proposers, **refs)
-        | Aggregate(TOGETHER_MOA_AGGREGATOR if aggregator is None else aggregator, **agg)
-    ).with_config(run_name="together_moa")
 
 
 def moa_lite(
     proposers: Sequence[Any] | None = None,
     aggregator: Any = None,
-    *,
-    temperature: float = 0.7,
-    reference_max_tokens: int | None = 2048,
-    aggregator_max_tokens: int | None = 2048,
-    client: Callable[..., Any] | None = None,
-    max_concurrency: int | None = None,
+    **options: Unpack[PresetOptions],
 ) -> Runnable:
     """MoA-Lite: 2 layers — Propose -> Aggregate (Qwen1.5-72B-Chat by default).
 
     Arguments as for :func:`together_moa`.
     """
-    proposers = list(PAPER_PROPOSERS if proposers is None else proposers)
-    refs, agg = _sampling(
-        temperature, reference_max_tokens, aggregator_max_tokens, client, max_concurrency
+    return _build(
+        "moa_lite",
+        PAPER_PROPOSERS if proposers is None else proposers,
+        MOA_LITE_AGGREGATOR if aggregator is None else aggregator,
+        **options,
     )
-    return (
-        Propose(proposers, **refs)
-        | Aggregate(MOA_LITE_AGGREGATOR if aggregator is None else aggregator, **agg)
-    ).with_config(run_name="moa_lite")
 
 
 def self_moa(
-    model: Any,
-    k: int = 6,
-    aggregator: Any = None,
-    *,
-    temperature: float = 0.7,
-    reference_max_tokens: int | None = 2048,
-    aggregator_max_tokens: int | None = 2048,
-    client: Callable[..., Any] | None = None,
-    max_concurrency: int | None = None,
+    model: Any, k: int = 6, aggregator: Any = None, **options: Unpack[PresetOptions]
 ) -> Runnable:
     """Self-MoA: one model sampled ``k`` times, then aggregated (by default by itself).
 
@@ -141,15 +158,10 @@ def self_moa(
         model: the one proposer (any agent spec).
         k: number of samples (>= 1); diversity comes from ``temperature``.
         aggregator: defaults to ``model``.
-        Others as for :func:`together_moa`.
+        **options: see :class:`PresetOptions`.
     """
     k = validate_positive_int(k, "k")
-    refs, agg = _sampling(
-        temperature, reference_max_tokens, aggregator_max_tokens, client, max_concurrency
-    )
-    return (
-        Propose([model] * k, **refs) | Aggregate(model if aggregator is None else aggregator, **agg)
-    ).with_config(run_name="self_moa")
+    return _build("self_moa", [model] * k, model if aggregator is None else aggregator, **options)
 
 
 def robust_moa(
@@ -158,11 +170,7 @@ def robust_moa(
     *,
     dropout: float = 0.2,
     seed: int | None = None,
-    temperature: float = 0.7,
-    reference_max_tokens: int | None = 2048,
-    aggregator_max_tokens: int | None = 2048,
-    client: Callable[..., Any] | None = None,
-    max_concurrency: int | None = None,
+    **options: Unpack[PresetOptions],
 ) -> Runnable:
     """Propose -> Shuffle -> Dropout -> Aggregate: against position bias and for diversity.
 
@@ -171,16 +179,7 @@ def robust_moa(
         aggregator: the final agent.
         dropout: drop probability per reference, in [0, 1); at least one is kept.
         seed: makes Shuffle and Dropout reproducible.
-        Others as for :func:`together_moa`.
+        **options: see :class:`PresetOptions`.
     """
-    if not proposers:
-        raise ConfigurationError("proposers must be a non-empty list of agents")
-    refs, agg = _sampling(
-        temperature, reference_max_tokens, aggregator_max_tokens, client, max_concurrency
-    )
-    return (
-        Propose(list(proposers), **refs)
-        | Shuffle(seed=seed)
-        | Dropout(dropout, seed=seed)
-        | Aggregate(aggregator, **agg)
-    ).with_config(run_name="robust_moa")
+    middle = [Shuffle(seed=seed), Dropout(dropout, seed=seed)]
+    return _build("robust_moa", proposers, aggregator, middle, **options)

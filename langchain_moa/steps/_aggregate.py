@@ -109,11 +109,9 @@ class Aggregate(LLMStep):
             max_concurrency=None,
             prices=prices,
             default_temperature=DEFAULT_TEMPERATURE,
+            prompt=prompt,
         )
-        if prompt is not None and not isinstance(prompt, str):
-            raise ConfigurationError(f"prompt must be a string, got {type(prompt).__name__}")
         self.agent = single_agent(agent, client)
-        self.prompt = prompt
 
     @property
     def params(self) -> dict[str, Any]:

@@ -256,7 +256,11 @@ class LLMStep(Step):
         prices: dict[str, tuple[float, float]] | None,
         temp: float | None = None,
         default_temperature: float | None = None,
+        prompt: str | None = None,
     ) -> None:
+        if prompt is not None and not isinstance(prompt, str):
+            raise ConfigurationError(f"prompt must be a string, got {type(prompt).__name__}")
+        self.prompt = prompt
         if temperature is DEFAULT:
             temperature = default_temperature if temp is None else temp
         elif temp is not None:

@@ -66,13 +66,13 @@ class _Judge(LLMStep):
         self,
         agent: Any,
         *,
-        temperature: float | None | _Default,
-        max_tokens: int | None,
-        temp: float | None,
-        prompt: str | None,
-        structured: Structured,
-        client: Callable[..., Any] | None,
-        prices: dict[str, tuple[float, float]] | None,
+        temperature: float | None | _Default = DEFAULT,
+        max_tokens: int | None = 512,
+        temp: float | None = None,
+        prompt: str | None = None,
+        structured: Structured = "auto",
+        client: Callable[..., Any] | None = None,
+        prices: dict[str, tuple[float, float]] | None = None,
     ) -> None:
         super().__init__(
             temperature=temperature,
@@ -81,15 +81,13 @@ class _Judge(LLMStep):
             max_concurrency=None,
             prices=prices,
             default_temperature=0.0,
+            prompt=prompt,
         )
         if structured not in ("auto", "native", "json"):
             raise ConfigurationError(
                 f"structured must be 'auto', 'native' or 'json', got {structured!r}"
             )
-        if prompt is not None and not isinstance(prompt, str):
-            raise ConfigurationError(f"prompt must be a string, got {type(prompt).__name__}")
         self.agent = single_agent(agent, client)
-        self.prompt = prompt
         self.structured = structured
 
     @property
@@ -209,30 +207,9 @@ class Rank(_Judge):
     instruction = RANK_PROMPT
     json_hint = JSON_RANK_INSTRUCTION
 
-    def __init__(
-        self,
-        agent: Any,
-        n: int,
-        *,
-        temperature: float | None | _Default = DEFAULT,
-        max_tokens: int | None = 512,
-        temp: float | None = None,
-        prompt: str | None = None,
-        structured: Structured = "auto",
-        client: Callable[..., Any] | None = None,
-        prices: dict[str, tuple[float, float]] | None = None,
-    ) -> None:
+    def __init__(self, agent: Any, n: int, **kwargs: Any) -> None:
         self.n = validate_positive_int(n, "n")
-        super().__init__(
-            agent,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            temp=temp,
-            prompt=prompt,
-            structured=structured,
-            client=client,
-            prices=prices,
-        )
+        super().__init__(agent, **kwargs)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -278,29 +255,6 @@ class Vote(_Judge):
     schema = VoteJudgement
     instruction = VOTE_PROMPT
     json_hint = JSON_VOTE_INSTRUCTION
-
-    def __init__(
-        self,
-        agent: Any,
-        *,
-        temperature: float | None | _Default = DEFAULT,
-        max_tokens: int | None = 512,
-        temp: float | None = None,
-        prompt: str | None = None,
-        structured: Structured = "auto",
-        client: Callable[..., Any] | None = None,
-        prices: dict[str, tuple[float, float]] | None = None,
-    ) -> None:
-        super().__init__(
-            agent,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            temp=temp,
-            prompt=prompt,
-            structured=structured,
-            client=client,
-            prices=prices,
-        )
 
     @property
     def OutputType(self) -> Any:  # noqa: N802

@@ -52,6 +52,7 @@ class _LayerStep(LLMStep):
             max_concurrency=max_concurrency,
             prices=prices,
             default_temperature=DEFAULT_TEMPERATURE,
+            prompt=prompt,
         )
         self.agents = make_agents(agents, client)
         self.min_success = validate_positive_int(min_success, "min_success")
@@ -60,9 +61,6 @@ class _LayerStep(LLMStep):
                 f"min_success must be between 1 and the number of agents "
                 f"({len(self.agents)}), got {min_success}"
             )
-        if prompt is not None and not isinstance(prompt, str):
-            raise ConfigurationError(f"prompt must be a string, got {type(prompt).__name__}")
-        self.prompt = prompt
         self.degrade = bool(degrade)
 
     @property

@@ -1,0 +1,398 @@
+"""One attempt: one try of one deployment for one request.
+
+:class:`Attempt` is the Runnable the failover chain is built from (traced as its own
+child run, named after the deployment); :class:`Attempts` does the work: back off
+before a retry, build the deployment's client, pass the gate (limits and health
+claim), call the model within the timeout, and record the outcome. A stream falls
+over only until its first token; after that an error is raised to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, NoReturn
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import var_child_runnable_config
+
+from langchain_moa.errors import ConfigurationError, MissingAPIKeyError
+from langchain_moa.router._deployment import Deployment
+from langchain_moa.router._health import BREAKER_KINDS, RetryPolicy, backoff
+from langchain_moa.router._limits import Lease
+from langchain_moa.router._outcome import Outcomes
+from langchain_moa.router._planner import Planner
+from langchain_moa.router._request import Failover, Request, attempt_timeout, run_with_timeout
+
+__all__ = ["Attempt", "Attempts"]
+
+_END = object()
+
+
+def _has_token(chunk: ChatGenerationChunk) -> bool:
+    m = chunk.message
+    if m.content:
+        return True
+    if isinstance(m, AIMessageChunk) and m.tool_call_chunks:
+        return True
+    return bool(m.additional_kwargs.get("function_call") or m.additional_kwargs.get("tool_calls"))
+
+
+def _to_chunk(gen: ChatGeneration) -> ChatGenerationChunk:
+    m = gen.message
+    tool_call_chunks = []
+    if isinstance(m, AIMessage):
+        for i, tc in enumerate(m.tool_calls):
+            tool_call_chunks.append(
+                {"name": tc["name"], "args": json.dumps(tc["args"]), "id": tc.get("id"), "index": i}
+            )
+    chunk = AIMessageChunk(
+        content=m.content,
+        additional_kwargs=dict(m.additional_kwargs),
+        response_metadata=dict(m.response_metadata),
+        usage_metadata=getattr(m, "usage_metadata", None),
+        tool_call_chunks=tool_call_chunks,
+        id=m.id,
+    )
+    return ChatGenerationChunk(message=chunk, generation_info=gen.generation_info)
+
+
+def _add(acc: ChatGenerationChunk | None, c: ChatGenerationChunk) -> ChatGenerationChunk:
+    return c if acc is None else acc + c
+
+
+def _inner_stream(
+    llm: BaseChatModel, messages: list[BaseMessage], stop: Any, kw: dict[str, Any]
+) -> Iterator[ChatGenerationChunk]:
+    if type(llm)._stream is BaseChatModel._stream:
+        result = llm._generate(messages, stop=stop, **kw)
+        yield _to_chunk(result.generations[0])
+        return
+    yield from llm._stream(messages, stop=stop, **kw)
+
+
+async def _ainner_stream(
+    llm: BaseChatModel, messages: list[BaseMessage], stop: Any, kw: dict[str, Any]
+) -> AsyncIterator[ChatGenerationChunk]:
+    if type(llm)._astream is BaseChatModel._astream and type(llm)._stream is BaseChatModel._stream:
+        result = await llm._agenerate(messages, stop=stop, **kw)
+        yield _to_chunk(result.generations[0])
+        return
+    async for c in llm._astream(messages, stop=stop, **kw):
+        yield c
+
+
+def _finish_message(result: ChatResult, d: Deployment, decision: dict[str, Any]) -> AIMessage:
+    gen = result.generations[0]
+    msg = gen.message
+    llm_output = {k: v for k, v in (result.llm_output or {}).items() if k != "token_usage"}
+    meta = {**llm_output, **(gen.generation_info or {}), **msg.response_metadata}
+    meta.setdefault("model_name", d.model_id)
+    meta["router"] = decision
+    msg.response_metadata = meta
+    return msg  # type: ignore[return-value]
+
+
+def _final_chunk(
+    acc: ChatGenerationChunk | None, d: Deployment, decision: dict[str, Any]
+) -> ChatGenerationChunk:
+    meta: dict[str, Any] = {"router": decision}
+    have = {}
+    if acc is not None:
+        have = {**(acc.generation_info or {}), **acc.message.response_metadata}
+    if "model_name" not in have:
+        meta["model_name"] = d.model_id
+    return ChatGenerationChunk(message=AIMessageChunk(content="", response_metadata=meta))
+
+
+class Attempts:
+    """Runs attempts (invoke, ainvoke, stream, astream) for one router.
+
+    Args:
+        planner: the gate (limits and health claim) and skip records.
+        outcomes: records successes and failures, decides failover.
+        policies: retry policy per error kind (how many retries on one deployment).
+    """
+
+    def __init__(
+        self, planner: Planner, outcomes: Outcomes, policies: dict[str, RetryPolicy]
+    ) -> None:
+        self.planner = planner
+        self.outcomes = outcomes
+        self.policies = policies
+
+    # ------------------------------------------------------------------ shared steps
+    def _retry_delay(self, req: Request, d: Deployment, retry: int) -> float:
+        """Seconds to back off before this try; raise ``Failover`` if the retry entry
+        is not needed (first try, or no transient error on ``d`` in this pass)."""
+        if retry == 0:
+            return 0.0
+        name = str(d.name)
+        kind = req.last_kind.get(name)
+        if (
+            kind is None
+            or kind not in BREAKER_KINDS
+            or name not in req.pass_failed
+            or self.policies[kind].retries < retry
+        ):
+            raise Failover(name, "no retry needed")
+        return backoff(retry, 0.25, 5.0)
+
+    @staticmethod
+    def _prepare(req: Request, d: Deployment) -> tuple[BaseChatModel, dict[str, Any]]:
+        llm = d.chat_model(d.timeout or req.timeout)
+        kw = dict(req.call_kwargs)
+        tools = kw.pop("tools", None)
+        tool_choice = kw.pop("tool_choice", None)
+        if tools:
+            bound = (
+                llm.bind_tools(tools, tool_choice=tool_choice)
+                if tool_choice is not None
+                else llm.bind_tools(tools)
+            )
+            kw = {**getattr(bound, "kwargs", {}), **kw}
+        return llm, kw
+
+    def _start(
+        self, req: Request, d: Deployment
+    ) -> tuple[BaseChatModel, dict[str, Any], Lease, bool]:
+        """Build the client, then pass the gate: ``(llm, call kwargs, lease, probe)``.
+
+        The client is built *before* taking the limits, so that admission time is send
+        time (building a client takes long enough on first use to bunch paced requests)."""
+        try:
+            llm, kw = self._prepare(req, d)
+        except ConfigurationError as e:
+            if not isinstance(e, MissingAPIKeyError):
+                raise  # a wrong setting does not get better elsewhere
+            self.outcomes.failed(req, d, e, 0.0, probe=False)  # disables, names the variable
+        except BaseException as e:  # noqa: BLE001
+            self.outcomes.failed(req, d, e, 0.0, probe=False)
+        lease, probe = self.planner.gate(req, d)
+        return llm, kw, lease, probe
+
+    def _fail(
+        self,
+        req: Request,
+        d: Deployment,
+        lease: Lease,
+        exc: BaseException,
+        t0: float,
+        probe: bool,
+        after_first: bool = False,
+    ) -> NoReturn:
+        lease.release()
+        self.outcomes.failed(req, d, exc, time.monotonic() - t0, probe, after_first)
+        raise exc  # not reached: failed() always raises
+
+    def _done(
+        self,
+        req: Request,
+        d: Deployment,
+        msg: AIMessage | AIMessageChunk,
+        lease: Lease,
+        t0: float,
+        ttft: float | None = None,
+    ) -> dict[str, Any]:
+        return self.outcomes.succeeded(req, d, msg, lease, time.monotonic() - t0, ttft)
+
+    # ------------------------------------------------------------------ invoke
+    def invoke(
+        self, req: Request, d: Deployment, retry: int, messages: list[BaseMessage]
+    ) -> AIMessage:
+        delay = self._retry_delay(req, d, retry)
+        if delay:
+            time.sleep(delay)
+        llm, kw, lease, probe = self._start(req, d)
+        t0 = time.monotonic()
+        try:
+            result = run_with_timeout(
+                lambda: llm._generate(messages, stop=req.stop, **kw), attempt_timeout(req, d)
+            )
+        except BaseException as e:  # noqa: BLE001
+            self._fail(req, d, lease, e, t0, probe)
+        decision = self._done(req, d, result.generations[0].message, lease, t0)
+        return _finish_message(result, d, decision)
+
+    async def ainvoke(
+        self, req: Request, d: Deployment, retry: int, messages: list[BaseMessage]
+    ) -> AIMessage:
+        delay = self._retry_delay(req, d, retry)
+        if delay:
+            await asyncio.sleep(delay)
+        llm, kw, lease, probe = self._start(req, d)
+        t0 = time.monotonic()
+        try:
+            timeout = attempt_timeout(req, d)
+            result = await asyncio.wait_for(llm._agenerate(messages, stop=req.stop, **kw), timeout)
+        except BaseException as e:  # noqa: BLE001
+            self._fail(req, d, lease, e, t0, probe)
+        decision = self._done(req, d, result.generations[0].message, lease, t0)
+        return _finish_message(result, d, decision)
+
+    # ------------------------------------------------------------------ stream
+    def stream(
+        self, req: Request, d: Deployment, retry: int, messages: list[BaseMessage]
+    ) -> Iterator[ChatGenerationChunk]:
+        delay = self._retry_delay(req, d, retry)
+        if delay:
+            time.sleep(delay)
+        llm, kw, lease, probe = self._start(req, d)
+        t0 = time.monotonic()
+        buffered: list[ChatGenerationChunk] = []
+        ended = False
+        try:
+            timeout = attempt_timeout(req, d)
+            it = iter(_inner_stream(llm, messages, req.stop, kw))
+            while True:  # until the first token, failures fall over
+                c = run_with_timeout(lambda: next(it, _END), timeout)
+                if c is _END:
+                    ended = True
+                    break
+                buffered.append(c)
+                if _has_token(c):
+                    break
+        except BaseException as e:  # noqa: BLE001
+            self._fail(req, d, lease, e, t0, probe)
+        ttft = time.monotonic() - t0
+        acc: ChatGenerationChunk | None = None
+        try:
+            for c in buffered:
+                acc = _add(acc, c)
+                yield c
+            if not ended:
+                for c in it:
+                    acc = _add(acc, c)
+                    yield c
+        except BaseException as e:  # noqa: BLE001
+            self._fail(req, d, lease, e, t0, probe, after_first=True)
+        yield self._stream_end(req, d, lease, t0, ttft, acc)
+
+    async def astream(
+        self, req: Request, d: Deployment, retry: int, messages: list[BaseMessage]
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        delay = self._retry_delay(req, d, retry)
+        if delay:
+            await asyncio.sleep(delay)
+        llm, kw, lease, probe = self._start(req, d)
+        t0 = time.monotonic()
+        buffered: list[ChatGenerationChunk] = []
+        ended = False
+        try:
+            timeout = attempt_timeout(req, d)
+            it = _ainner_stream(llm, messages, req.stop, kw).__aiter__()
+            while True:  # until the first token, failures fall over
+                try:
+                    c = await asyncio.wait_for(it.__anext__(), timeout)
+                except StopAsyncIteration:
+                    ended = True
+                    break
+                buffered.append(c)
+                if _has_token(c):
+                    break
+        except BaseException as e:  # noqa: BLE001
+            self._fail(req, d, lease, e, t0, probe)
+        ttft = time.monotonic() - t0
+        acc: ChatGenerationChunk | None = None
+        try:
+            for c in buffered:
+                acc = _add(acc, c)
+                yield c
+            if not ended:
+                async for c in it:
+                    acc = _add(acc, c)
+                    yield c
+        except BaseException as e:  # noqa: BLE001
+            self._fail(req, d, lease, e, t0, probe, after_first=True)
+        yield self._stream_end(req, d, lease, t0, ttft, acc)
+
+    def _stream_end(
+        self,
+        req: Request,
+        d: Deployment,
+        lease: Lease,
+        t0: float,
+        ttft: float,
+        acc: ChatGenerationChunk | None,
+    ) -> ChatGenerationChunk:
+        """Record the finished stream; the last chunk carries the decision."""
+        msg = acc.message if acc is not None else AIMessageChunk(content="")
+        decision = self._done(req, d, msg, lease, t0, ttft)  # type: ignore[arg-type]
+        return _final_chunk(acc, d, decision)
+
+
+class Attempt(Runnable[Any, Any]):
+    """One try of one deployment, traced as its own child run named after it."""
+
+    def __init__(self, attempts: Attempts, req: Request, dep: Deployment, retry: int) -> None:
+        self.attempts = attempts
+        self.req = req
+        self.dep = dep
+        self.retry = retry
+        self.name = dep.name if retry == 0 else f"{dep.name} (retry {retry})"
+
+    @staticmethod
+    def _nest(config: RunnableConfig | None) -> RunnableConfig | None:
+        # RunnableWithFallbacks.invoke passes the *parent* config to each runnable
+        # (langchain issue 36072) while setting the child config in a context var;
+        # take the callbacks from there so the attempt nests under the fallbacks run.
+        ctx = var_child_runnable_config.get()
+        if ctx and ctx.get("callbacks") is not None:
+            return {**(config or {}), "callbacks": ctx["callbacks"]}
+        return config
+
+    def _config(self, config: RunnableConfig | None) -> RunnableConfig:
+        cfg: RunnableConfig = dict(self._nest(config) or {})  # type: ignore[assignment]
+        cfg.pop("run_name", None)
+        cfg["metadata"] = {
+            **(cfg.get("metadata") or {}),
+            "router_deployment": self.dep.name,
+            "router_model": self.dep.model or self.dep.model_id,
+            "router_retry": self.retry,
+        }
+        return cfg
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return self._call_with_config(
+            lambda x: self.attempts.invoke(self.req, self.dep, self.retry, x),
+            input,
+            self._config(config),
+        )
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        async def run(x: Any) -> Any:
+            return await self.attempts.ainvoke(self.req, self.dep, self.retry, x)
+
+        return await self._acall_with_config(run, input, self._config(config))
+
+    def stream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[Any]:
+        def gen(inputs: Iterator[Any]) -> Iterator[Any]:
+            msgs = None
+            for x in inputs:
+                msgs = x
+            yield from self.attempts.stream(self.req, self.dep, self.retry, msgs)
+
+        yield from self._transform_stream_with_config(iter([input]), gen, self._config(config))
+
+    async def astream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        async def one() -> AsyncIterator[Any]:
+            yield input
+
+        async def gen(inputs: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            msgs = None
+            async for x in inputs:
+                msgs = x
+            async for c in self.attempts.astream(self.req, self.dep, self.retry, msgs):
+                yield c
+
+        async for c in self._atransform_stream_with_config(one(), gen, self._config(config)):
+            yield c

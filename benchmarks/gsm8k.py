@@ -42,9 +42,11 @@ PROMPT = (
 )
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-_ANSWER_LINE = re.compile(
-    r"answer\s*(?:is)?\s*[:=]?\s*\$?\s*\\?\(?\s*(?:\\boxed\{)?\s*(-?[\d,]*\.?\d+)", re.I
+_ANSWER = re.compile(
+    r"answer(?:\s+is)?\s*[:=]?\s*(?:\*\*)?\s*\\?\(?\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)", re.I
 )
+_BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
+_FRAC = re.compile(r"^\s*(-?)\\d?frac\{\s*(\d+)\s*\}\{\s*(\d+)\s*\}\s*$")
 
 
 def gsm8k_path() -> Path:
@@ -86,16 +88,35 @@ def _to_decimal(text: str) -> Decimal | None:
 def extract_number(reply: str | None) -> str | None:
     """The model's final number, normalised (``"1,234.50"`` -> ``"1234.5"``).
 
-    Rule: the number on the last ``Answer: ...`` line if the reply has one (the form
-    the prompt asks for; also ``answer is``, ``\\boxed{...}`` right after it), else the
-    last number anywhere in the reply. Thousands separators are removed; ``18.00``
-    and ``18`` compare equal. ``None`` when the reply holds no number.
+    Rule: the *last explicit answer marker* wins — ``Answer: <n>`` (the form the
+    prompt asks for; also ``answer is <n>``) or ``\\boxed{...}`` (the LaTeX form the
+    Qwen models often use instead; its last number, or ``a/b`` for a plain
+    ``\\frac{a}{b}``); with no marker, the last number anywhere in the reply.
+    Thousands separators are removed; ``18.00`` and ``18`` compare equal. ``None``
+    when the reply holds no number.
     """
     if not reply:
         return None
-    hits = _ANSWER_LINE.findall(reply)
-    candidates = hits or _NUMBER.findall(reply)
-    for raw in reversed(candidates):
+    markers: list[tuple[int, Decimal]] = []
+    for m in _ANSWER.finditer(reply):
+        value = _to_decimal(m.group(1))
+        if value is not None:
+            markers.append((m.start(), value))
+    for m in _BOXED.finditer(reply):
+        content = m.group(1)
+        frac = _FRAC.match(content)
+        if frac:
+            sign, num, den = frac.groups()
+            if int(den) != 0:
+                markers.append((m.start(), Decimal(sign + num) / Decimal(den)))
+            continue
+        numbers = _NUMBER.findall(content.replace("{,}", ","))
+        value = _to_decimal(numbers[-1]) if numbers else None
+        if value is not None:
+            markers.append((m.start(), value))
+    if markers:
+        return _normalise(max(markers, key=lambda mv: mv[0])[1])
+    for raw in reversed(_NUMBER.findall(reply)):
         value = _to_decimal(raw)
         if value is not None:
             return _normalise(value)
@@ -145,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="single,self_moa")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gsm8k_50.json"))
     parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="run nothing: re-extract every stored reply's number with the current "
+        "extract_number and rewrite the per-question log and the summary's accuracies",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -152,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         "the 2 cores are shared with other work: no spinning thread barrier)",
     )
     args = parser.parse_args(argv)
+
+    if args.rescore:
+        return rescore(args.out)
 
     from langchain_moa import Aggregate, MoAHistoryHandler, Propose
 
@@ -272,6 +302,43 @@ def main(argv: list[str] | None = None) -> int:
                 stats.update(temperature=0.0)
             print(json.dumps({method: stats}), flush=True)
             _merge_summary(args.out, summary, method, stats)
+    return 0
+
+
+def rescore(out: Path) -> int:
+    """Re-extract the answers of every stored reply (see ``--rescore``).
+
+    The per-sample ``reference_predictions`` cannot be re-extracted (the samples' texts
+    are not stored), so the summary's reference accuracy keeps the extractor that ran.
+    """
+    log = out.with_suffix(".jsonl")
+    rows = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line]
+    changed = 0
+    for row in rows:
+        predicted = extract_number(row["reply"])
+        changed += predicted != row["predicted"]
+        row["predicted"], row["correct"] = predicted, is_correct(predicted, row["gold"])
+    tmp = log.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    os.replace(tmp, log)
+    summary = json.loads(out.read_text(encoding="utf-8"))
+    for method, stats in summary["methods"].items():
+        mine = [r for r in rows if r["method"] == method]
+        stats["correct"] = sum(r["correct"] for r in mine)
+        stats["accuracy"] = round(stats["correct"] / len(mine), 4) if mine else None
+        stats["no_number"] = sum(r["predicted"] is None for r in mine)
+        if "reference_accuracy" in stats:
+            stats["reference_accuracy_first_extractor"] = stats.pop("reference_accuracy")
+            stats["majority_vote_accuracy_first_extractor"] = stats.pop(
+                "majority_vote_accuracy", None
+            )
+    summary["extractor"] = (
+        "last explicit marker (Answer: <n> or \\boxed{...}), else the last number; "
+        "commas removed; exact numeric equality with the number after ####"
+    )
+    out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print(f"rescored {len(rows)} rows, {changed} predictions changed", flush=True)
+    print(json.dumps({m: (s["correct"], s["accuracy"]) for m, s in summary["methods"].items()}))
     return 0
 
 

@@ -463,9 +463,15 @@ class ProviderRouter(BaseChatModel):
             deadline_at=None if self.deadline is None else now + self.deadline,
         )
 
-    def _chain(self, req: Request, entries: list[tuple[Deployment, int]]) -> Runnable:
+    def _pass_chain(self, req: Request, run_manager: Any) -> tuple[Runnable, RunnableConfig] | None:
+        """Plan a pass: the failover chain of its attempts and the chain's config, or
+        ``None`` when no deployment can be tried now."""
+        entries = self._planner.plan(req)
+        if not entries:
+            return None
         attempts = [Attempt(self._attempts, req, d, r) for d, r in entries]
-        return attempts[0].with_fallbacks(attempts[1:], exceptions_to_handle=(Failover,))
+        chain = attempts[0].with_fallbacks(attempts[1:], exceptions_to_handle=(Failover,))
+        return chain, self._chain_config(run_manager)
 
     @staticmethod
     def _chain_config(run_manager: Any) -> RunnableConfig:
@@ -495,11 +501,11 @@ class ProviderRouter(BaseChatModel):
         req = self._new_request(messages, stop, kwargs, streaming=False)
         try:
             while True:
-                entries = self._planner.plan(req)
-                if entries:
-                    cfg = self._chain_config(run_manager)
+                step = self._pass_chain(req, run_manager)
+                if step is not None:
+                    chain, cfg = step
                     try:
-                        msg = self._chain(req, entries).invoke(messages, cfg)
+                        msg = chain.invoke(messages, cfg)
                         if run_manager is not None:
                             cfg["callbacks"].on_custom_event(
                                 DECISION_EVENT,
@@ -523,11 +529,11 @@ class ProviderRouter(BaseChatModel):
         req = self._new_request(messages, stop, kwargs, streaming=False)
         try:
             while True:
-                entries = self._planner.plan(req)
-                if entries:
-                    cfg = self._chain_config(run_manager)
+                step = self._pass_chain(req, run_manager)
+                if step is not None:
+                    chain, cfg = step
                     try:
-                        msg = await self._chain(req, entries).ainvoke(messages, cfg)
+                        msg = await chain.ainvoke(messages, cfg)
                         if run_manager is not None:
                             await cfg["callbacks"].on_custom_event(
                                 DECISION_EVENT,
@@ -551,9 +557,9 @@ class ProviderRouter(BaseChatModel):
         req = self._new_request(messages, stop, kwargs, streaming=True)
         try:
             while True:
-                entries = self._planner.plan(req)
-                if entries:
-                    it = self._chain(req, entries).stream(messages, self._chain_config(run_manager))
+                step = self._pass_chain(req, run_manager)
+                if step is not None:
+                    it = step[0].stream(messages, step[1])
                     try:
                         first = next(it)
                     except Failover:
@@ -576,10 +582,9 @@ class ProviderRouter(BaseChatModel):
         req = self._new_request(messages, stop, kwargs, streaming=True)
         try:
             while True:
-                entries = self._planner.plan(req)
-                if entries:
-                    chain = self._chain(req, entries)
-                    it = chain.astream(messages, self._chain_config(run_manager)).__aiter__()
+                step = self._pass_chain(req, run_manager)
+                if step is not None:
+                    it = step[0].astream(messages, step[1]).__aiter__()
                     try:
                         first = await it.__anext__()
                     except Failover:

@@ -2,24 +2,27 @@
 
 One request goes like this:
 
-1. **Plan.** Deployments that cannot serve it are skipped with a reason
-   (disabled, cooling down, circuit open, half-open probe in flight, context
-   window too small, not the pinned ``model=``); the rest are ranked by the
-   strategy (see :mod:`._strategies`; :mod:`._planner`).
-2. **Fail over.** The ranked deployments become one attempt Runnable each
-   (:mod:`._attempt`, named after the deployment), chained with ``Runnable.with_fallbacks``.
-   Right before sending, an attempt takes the limits (RPM, TPM, concurrency,
-   router-wide and per deployment) and claims the deployment in the health
-   store; if either refuses, the attempt is skipped and the next one runs.
-   Errors are classified (see :mod:`._health`, :mod:`._outcome`): failover kinds move to the
-   next attempt, ``bad_request`` is raised at once.
-3. **Wait.** If every attempt was skipped or failed, the router sleeps until
-   the earliest deployment can take the request again (Retry-After end,
-   circuit half-open, a limiter slot, a backoff after transient errors) and
-   plans again, up to ``deadline`` seconds; time spent queued behind RPM / TPM /
-   concurrency limits does not count against the deadline (requests queue,
-   they do not fail). Deployments that can never serve the request (all
+1. **Plan** (:mod:`._planner`). Deployments that cannot serve it are skipped
+   with a reason (disabled, cooling down, circuit open, half-open probe in
+   flight, context window too small, not the pinned ``model=``); the rest are
+   ranked by the strategy (see :mod:`._strategies`).
+2. **Fail over** (:mod:`._attempt`). The ranked deployments become one attempt
+   Runnable each (named after the deployment), chained with
+   ``Runnable.with_fallbacks``. Right before sending, an attempt takes the limits
+   (RPM, TPM, concurrency, router-wide and per deployment) and claims the
+   deployment in the health store; if either refuses, the attempt is skipped and
+   the next one runs. Errors are classified (see :mod:`._health`) and recorded
+   (:mod:`._outcome`): failover kinds move to the next attempt, ``bad_request``
+   is raised at once.
+3. **Wait** (:mod:`._planner`). If every attempt was skipped or failed, the
+   router sleeps until the earliest deployment can take the request again
+   (Retry-After end, circuit half-open, a limiter slot, a backoff after transient
+   errors) and plans again, up to ``deadline`` seconds; time spent queued behind
+   RPM / TPM / concurrency limits does not count against the deadline (requests
+   queue, they do not fail). Deployments that can never serve the request (all
    disabled) fail fast with :class:`~langchain_moa.errors.NoDeploymentAvailableError`.
+
+The per-request state shared by these steps is :class:`._request.Request`.
 """
 
 from __future__ import annotations

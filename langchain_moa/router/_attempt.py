@@ -190,17 +190,6 @@ class Attempts:
         self.outcomes.failed(req, d, exc, time.monotonic() - t0, probe, after_first)
         raise exc  # not reached: failed() always raises
 
-    def _done(
-        self,
-        req: Request,
-        d: Deployment,
-        msg: AIMessage | AIMessageChunk,
-        lease: Lease,
-        t0: float,
-        ttft: float | None = None,
-    ) -> dict[str, Any]:
-        return self.outcomes.succeeded(req, d, msg, lease, time.monotonic() - t0, ttft)
-
     # ------------------------------------------------------------------ invoke
     def invoke(
         self, req: Request, d: Deployment, retry: int, messages: list[BaseMessage]
@@ -216,8 +205,7 @@ class Attempts:
             )
         except BaseException as e:  # noqa: BLE001
             self._fail(req, d, lease, e, t0, probe)
-        decision = self._done(req, d, result.generations[0].message, lease, t0)
-        return _finish_message(result, d, decision)
+        return self._invoke_end(req, d, lease, t0, result)
 
     async def ainvoke(
         self, req: Request, d: Deployment, retry: int, messages: list[BaseMessage]
@@ -232,8 +220,7 @@ class Attempts:
             result = await asyncio.wait_for(llm._agenerate(messages, stop=req.stop, **kw), timeout)
         except BaseException as e:  # noqa: BLE001
             self._fail(req, d, lease, e, t0, probe)
-        decision = self._done(req, d, result.generations[0].message, lease, t0)
-        return _finish_message(result, d, decision)
+        return self._invoke_end(req, d, lease, t0, result)
 
     # ------------------------------------------------------------------ stream
     def stream(
@@ -311,6 +298,16 @@ class Attempts:
             self._fail(req, d, lease, e, t0, probe, after_first=True)
         yield self._stream_end(req, d, lease, t0, ttft, acc)
 
+    def _invoke_end(
+        self, req: Request, d: Deployment, lease: Lease, t0: float, result: ChatResult
+    ) -> AIMessage:
+        """Record the answer; its ``response_metadata`` carries the decision."""
+        latency = time.monotonic() - t0
+        decision = self.outcomes.succeeded(
+            req, d, result.generations[0].message, lease, latency, None
+        )
+        return _finish_message(result, d, decision)
+
     def _stream_end(
         self,
         req: Request,
@@ -322,7 +319,8 @@ class Attempts:
     ) -> ChatGenerationChunk:
         """Record the finished stream; the last chunk carries the decision."""
         msg = acc.message if acc is not None else AIMessageChunk(content="")
-        decision = self._done(req, d, msg, lease, t0, ttft)  # type: ignore[arg-type]
+        latency = time.monotonic() - t0
+        decision = self.outcomes.succeeded(req, d, msg, lease, latency, ttft)  # type: ignore[arg-type]
         return _final_chunk(acc, d, decision)
 
 

@@ -128,8 +128,9 @@ class Attempts:
 
     # ------------------------------------------------------------------ shared steps
     def _retry_delay(self, req: Request, d: Deployment, retry: int) -> float:
-        """Seconds to back off before this try; raise ``Failover`` if the retry entry
-        is not needed (first try, or no transient error on ``d`` in this pass)."""
+        """Seconds to back off before this try (0 for the first); raise ``Failover``
+        when this retry is not needed (no transient error on ``d`` in this pass) or
+        not allowed (the error kind's policy has fewer retries)."""
         if retry == 0:
             return 0.0
         name = str(d.name)

@@ -120,7 +120,7 @@ def _agent(name: str, settings: RunSettings) -> Any:
     """A model string (checked now, so a typo or a missing key fails before any call),
     or a chat model on ``--base-url``."""
     if settings.base_url is not None:
-        from langchain_moa._local._clients import chat_model_for_base_url
+        from langchain_moa.local import chat_model_for_base_url
 
         return chat_model_for_base_url(
             settings.base_url, name, api_key=settings.api_key, max_retries=0

@@ -129,8 +129,10 @@ class Attempts:
     # ------------------------------------------------------------------ shared steps
     def _retry_delay(self, req: Request, d: Deployment, retry: int) -> float:
         """Seconds to back off before this try (0 for the first); raise ``Failover``
-        when this retry is not needed (no transient error on ``d`` in this pass) or
-        not allowed (the error kind's policy has fewer retries)."""
+        when this retry is not needed (no transient error on ``d`` in this pass), not
+        allowed (the error kind's policy has fewer retries), or its backoff would end
+        past the request's deadline (then the next deployment is tried at once, and
+        with none left the planner raises ``NoDeploymentAvailableError``)."""
         if retry == 0:
             return 0.0
         name = str(d.name)
@@ -142,7 +144,12 @@ class Attempts:
             or self.policies[kind].retries < retry
         ):
             raise Failover(name, "no retry needed")
-        return backoff(retry, 0.25, 5.0)
+        delay = backoff(retry, 0.25, 5.0)
+        if req.deadline_at is not None and time.time() + delay > req.deadline_at:
+            reason = f"retry {retry} skipped: its {delay:.2f} s backoff would end past the deadline"
+            self.planner.note_skip(req, d, reason)
+            raise Failover(name, reason)
+        return delay
 
     @staticmethod
     def _prepare(req: Request, d: Deployment) -> tuple[BaseChatModel, dict[str, Any]]:

@@ -213,6 +213,40 @@ class TestTransient:
         assert msg.content == "a third time" and len(b.calls) == 0
         assert len(a.times) == 3 and a.times[1] - a.times[0] >= 0.25  # jittered backoff
 
+    def test_retry_backoff_past_the_deadline_falls_over_at_once(self) -> None:
+        # retry 1 backs off 0.25-0.5 s, longer than the whole 0.2 s deadline
+        a = TimedChat(replies=[http_error(500), "a after backoff"])
+        b = ScriptedChat(replies=["b"])
+        router = router_of(
+            a, b, deadline=0.2, retry_policy={"server": RetryPolicy(retries=1)}, failure_threshold=5
+        )
+        t0 = time.time()
+        msg = router.invoke("q")
+        assert time.time() - t0 < 0.2
+        assert msg.content == "b" and len(a.times) == 1
+        assert ("a", "skipped") in attempts(msg)
+
+    def test_retry_backoff_past_the_deadline_raises_when_nothing_is_left(self) -> None:
+        a = TimedChat(replies=[http_error(500), "a after backoff"])
+        router = router_of(
+            a, deadline=0.2, retry_policy={"server": RetryPolicy(retries=1)}, failure_threshold=5
+        )
+        t0 = time.time()
+        with pytest.raises(NoDeploymentAvailableError, match="deadline"):
+            router.invoke("q")
+        assert time.time() - t0 < 0.2 and len(a.times) == 1
+
+    async def test_retry_backoff_past_the_deadline_async_and_stream(self) -> None:
+        a = TimedChat(replies=[http_error(500), http_error(500), "a after backoff"])
+        b = ScriptedChat(replies=["b"] * 2)
+        router = router_of(
+            a, b, deadline=0.2, retry_policy={"server": RetryPolicy(retries=1)}, failure_threshold=5
+        )
+        t0 = time.time()
+        assert (await router.ainvoke("q")).content == "b"
+        assert "".join([str(c.content) async for c in router.astream("q")]) == "b"
+        assert time.time() - t0 < 0.4 and len(a.times) == 2
+
 
 class TestPermanent:
     def test_401_disables_and_names_env_var(self, monkeypatch: pytest.MonkeyPatch) -> None:

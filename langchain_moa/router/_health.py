@@ -304,6 +304,17 @@ class HealthConfig:
     rate_limit_initial: float = 1.0
     rate_limit_max: float = 60.0
     probe_timeout: float = 60.0
+    """Least seconds before an unanswered half-open probe counts as lost (see
+    :func:`probe_timeout`)."""
+
+
+def probe_timeout(cfg: HealthConfig, attempt_timeout: float | None) -> float:
+    """Seconds after which a half-open probe still unanswered counts as lost (its claim
+    goes to the next request): twice the deployment's attempt timeout (its own
+    ``timeout``, else the router's; 30 s when neither is set), at least
+    ``cfg.probe_timeout``. A probe ends (answer or timeout) within one attempt
+    timeout, so with a timeout set only a probe whose process died counts as lost."""
+    return max(cfg.probe_timeout, 2 * (attempt_timeout or 30.0))
 
 
 def state_of(rec: dict[str, Any], now: float) -> tuple[str, float | None]:
@@ -320,13 +331,16 @@ def state_of(rec: dict[str, Any], now: float) -> tuple[str, float | None]:
 
 
 def claim(
-    rec: dict[str, Any], now: float, cfg: HealthConfig
+    rec: dict[str, Any], now: float, cfg: HealthConfig, stale_after: float | None = None
 ) -> tuple[dict[str, Any], tuple[bool, str, float | None, bool]]:
     """Ask to send a request now. Pure function for :meth:`RouterStore.health_update`.
 
+    ``stale_after`` (s, default ``cfg.probe_timeout``): age at which a half-open
+    probe in flight counts as lost (:func:`probe_timeout` of the deployment).
     Returns ``(new_record, (allowed, reason, ready_at, is_probe))``; ``ready_at`` is
     when to ask again (``None``: never, the deployment is disabled).
     """
+    limit = cfg.probe_timeout if stale_after is None else stale_after
     rec = dict(rec)
     state = rec.get("state", "healthy")
     until = rec.get("until") or 0.0
@@ -355,7 +369,7 @@ def claim(
         rec.pop("probe_at", None)
     if state == "half-open":
         probe_at = rec.get("probe_at")
-        if probe_at is not None and now - probe_at < cfg.probe_timeout:
+        if probe_at is not None and now - probe_at < limit:
             return rec, (False, "half-open: probe in flight", now + 0.05, False)
         rec["probe_at"] = now
         return rec, (True, "", None, True)

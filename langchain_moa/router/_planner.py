@@ -13,7 +13,14 @@ from typing import Any
 
 from langchain_moa.errors import NoDeploymentAvailableError
 from langchain_moa.router._deployment import Deployment
-from langchain_moa.router._health import HealthConfig, RetryPolicy, backoff, claim, state_of
+from langchain_moa.router._health import (
+    HealthConfig,
+    RetryPolicy,
+    backoff,
+    claim,
+    probe_timeout,
+    state_of,
+)
 from langchain_moa.router._limits import Lease, Limits, try_acquire
 from langchain_moa.router._request import SLOT_POLL_S, Failover, Request, Waker, context_skip
 from langchain_moa.router._stats import DeploymentStats
@@ -81,7 +88,7 @@ class Planner:
             elif (
                 state == "half-open"
                 and rec.get("probe_at") is not None
-                and now - rec["probe_at"] < self.health_cfg.probe_timeout
+                and now - rec["probe_at"] < self._probe_timeout(req, d)
             ):
                 reason = "half-open: probe in flight"
             else:
@@ -164,8 +171,9 @@ class Planner:
                 req.slot_blocked.add(name)
             self.note_skip(req, d, f"limit: {why}")
             raise Failover(name, why)
+        stale_after = self._probe_timeout(req, d)
         allowed, reason, ready_at, is_probe = self.store.health_update(
-            name, lambda r: claim(r, now, self.health_cfg)
+            name, lambda r: claim(r, now, self.health_cfg, stale_after)
         )
         if not allowed:
             lease.release(refund=True)
@@ -173,6 +181,10 @@ class Planner:
             self.note_skip(req, d, reason)
             raise Failover(name, reason)
         return lease, is_probe
+
+    def _probe_timeout(self, req: Request, d: Deployment) -> float:
+        """Age (s) at which ``d``'s half-open probe in flight counts as lost."""
+        return probe_timeout(self.health_cfg, d.timeout or req.timeout)
 
     def note_skip(self, req: Request, d: Deployment, reason: str) -> None:
         """Record a skip once per deployment and request (queued requests re-check

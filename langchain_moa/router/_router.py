@@ -235,7 +235,6 @@ class ProviderRouter(BaseChatModel):
             circuit_cooldown=self.circuit_cooldown,
             rate_limit_initial=lo,
             rate_limit_max=hi,
-            probe_timeout=max(60.0, 2 * (self.timeout or 30.0)),
         )
         policies = dict(DEFAULT_RETRY_POLICY)
         for k in BREAKER_KINDS:

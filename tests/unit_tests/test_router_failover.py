@@ -17,7 +17,7 @@ from langchain_moa.errors import (
     DeploymentDisabledError,
     NoDeploymentAvailableError,
 )
-from langchain_moa.router import Deployment, ProviderRouter, RetryPolicy
+from langchain_moa.router import Deployment, InMemoryStore, ProviderRouter, RetryPolicy
 from tests.unit_tests.moa_fakes import Gauge, ScriptedChat, ToolJudge
 from tests.unit_tests.router_fakes import (
     TimedChat,
@@ -172,6 +172,31 @@ class TestTransient:
         out = await asyncio.gather(*[router.ainvoke("q") for _ in range(6)])
         assert gauge.total == 1  # exactly one request reached the half-open deployment
         assert sorted(m.content for m in out) == ["b"] * 5 + ["probe ok"]
+
+    @pytest.mark.parametrize(
+        ("own_timeout", "probe_age", "probe_lost"),
+        [(120.0, 90.0, False), (120.0, 250.0, True), (None, 90.0, True)],
+    )
+    def test_probe_counts_as_lost_after_twice_the_deployments_own_timeout(
+        self, own_timeout: float | None, probe_age: float, probe_lost: bool
+    ) -> None:
+        # a probe on a deployment with timeout=120 s may run for 120 s: still in
+        # flight at 90 s; without its own timeout the router's 30 s gives 60 s
+        store = InMemoryStore()
+        a = ScriptedChat(replies=["a"])
+        router = router_of(
+            deployments=[
+                Deployment(llm=a, name="a", timeout=own_timeout),
+                Deployment(llm=ScriptedChat(replies=["b"]), name="b"),
+            ],
+            store=store,
+            timeout=30.0,
+        )
+        probe_at = time.time() - probe_age
+        store.health_update("a", lambda r: ({"state": "half-open", "probe_at": probe_at}, None))
+        msg = router.invoke("q")
+        assert msg.content == ("a" if probe_lost else "b")
+        assert len(a.calls) == (1 if probe_lost else 0)
 
     def test_probe_failure_reopens(self) -> None:
         a = TimedChat(replies=[http_error(503), http_error(503), "a"])

@@ -10,6 +10,7 @@ over only until its first token; after that an error is raised to the caller.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -87,6 +88,14 @@ async def _ainner_stream(
         yield c
 
 
+def _takes_strict(llm: BaseChatModel) -> bool:
+    """Whether ``llm.bind_tools`` has a ``strict`` parameter (``BaseChatOpenAI`` does)."""
+    try:
+        return "strict" in inspect.signature(llm.bind_tools).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _finish_message(result: ChatResult, d: Deployment, decision: dict[str, Any]) -> AIMessage:
     gen = result.generations[0]
     msg = gen.message
@@ -158,11 +167,13 @@ class Attempts:
         tools = kw.pop("tools", None)
         tool_choice = kw.pop("tool_choice", None)
         if tools:
-            bound = (
-                llm.bind_tools(tools, tool_choice=tool_choice)
-                if tool_choice is not None
-                else llm.bind_tools(tools)
-            )
+            strict = kw.pop("strict", None)
+            extra: dict[str, Any] = {}
+            if tool_choice is not None:
+                extra["tool_choice"] = tool_choice
+            if strict is not None and _takes_strict(llm):
+                extra["strict"] = strict  # otherwise the tools' function.strict carries it
+            bound = llm.bind_tools(tools, **extra)
             kw = {**getattr(bound, "kwargs", {}), **kw}
         return llm, kw
 

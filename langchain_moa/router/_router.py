@@ -284,16 +284,22 @@ class ProviderRouter(BaseChatModel):
         tools: Sequence[dict[str, Any] | type | Callable | BaseTool],
         *,
         tool_choice: str | dict | bool | None = None,
+        strict: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
         """Bind tools; each call passes them to the chosen deployment's own ``bind_tools``.
 
         Tools are converted to the OpenAI tool format (which every LangChain chat
         model's ``bind_tools`` accepts); ``tool_choice`` is passed as given.
+        ``strict`` (OpenAI structured outputs, as in ``BaseChatOpenAI.bind_tools``)
+        is set as each tool's ``function.strict`` and passed to the deployment's
+        ``bind_tools`` when that takes a ``strict`` argument; ``None`` sends none.
         """
-        formatted = [convert_to_openai_tool(t) for t in tools]
+        formatted = [convert_to_openai_tool(t, strict=strict) for t in tools]
         if tool_choice is not None:
             kwargs["tool_choice"] = tool_choice
+        if strict is not None:
+            kwargs["strict"] = strict
         return self.bind(tools=formatted, **kwargs)
 
     def with_structured_output(
@@ -312,25 +318,45 @@ class ProviderRouter(BaseChatModel):
         OpenAI's ``response_format`` (``json_schema`` with the schema, or
         ``json_object``) and parse the JSON reply (pydantic class -> instance,
         otherwise a dict). ``include_raw=True`` returns ``{"raw", "parsed",
-        "parsing_error"}`` like every LangChain chat model.
+        "parsing_error"}`` like every LangChain chat model. ``strict`` is passed on
+        as ``BaseChatOpenAI.with_structured_output`` does: to :meth:`bind_tools`
+        (``function_calling``) or into the ``json_schema`` (``None``: not sent).
 
         Raises:
             ConfigurationError: unknown ``method``.
         """
-        if method == "function_calling":
-            return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
-        if method not in ("json_mode", "json_schema"):
+        if method not in ("function_calling", "json_mode", "json_schema"):
             raise ConfigurationError(
                 f"method must be 'function_calling', 'json_mode' or 'json_schema', got {method!r}"
             )
-        from operator import itemgetter
-
         from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
-        from langchain_core.runnables import RunnableMap, RunnablePassthrough
+        from langchain_core.output_parsers.openai_tools import (
+            JsonOutputKeyToolsParser,
+            PydanticToolsParser,
+        )
         from langchain_core.utils.function_calling import convert_to_json_schema
         from pydantic import BaseModel as _BaseModel
 
         is_model = isinstance(schema, type) and issubclass(schema, _BaseModel)
+        parser: Runnable
+        if method == "function_calling":
+            # as BaseChatModel.with_structured_output, plus ``strict``
+            llm = self.bind_tools(
+                [schema],
+                tool_choice="any",
+                strict=strict,
+                ls_structured_output_format={
+                    "kwargs": {"method": method, "strict": strict},
+                    "schema": schema,
+                },
+                **kwargs,
+            )
+            if is_model:
+                parser = PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
+            else:
+                key = convert_to_openai_tool(schema)["function"]["name"]
+                parser = JsonOutputKeyToolsParser(key_name=key, first_tool_only=True)
+            return _with_parser(llm, parser, include_raw)
         if method == "json_mode":
             fmt: dict[str, Any] = {"type": "json_object"}
         else:
@@ -341,16 +367,8 @@ class ProviderRouter(BaseChatModel):
                 body["strict"] = strict
             fmt = {"type": "json_schema", "json_schema": body}
         llm = self.bind(response_format=fmt, **kwargs)
-        parser: Runnable = (
-            PydanticOutputParser(pydantic_object=schema) if is_model else JsonOutputParser()
-        )
-        if not include_raw:
-            return llm | parser
-        parsed = RunnablePassthrough.assign(
-            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
-        )
-        failed = RunnablePassthrough.assign(parsed=lambda _: None)
-        return RunnableMap(raw=llm) | parsed.with_fallbacks([failed], exception_key="parsing_error")
+        parser = PydanticOutputParser(pydantic_object=schema) if is_model else JsonOutputParser()
+        return _with_parser(llm, parser, include_raw)
 
     # ------------------------------------------------------------------ public helpers
     @classmethod
@@ -599,3 +617,19 @@ class ProviderRouter(BaseChatModel):
                 await self._planner.asleep(req, self._planner.next_wait(req))
         finally:
             self._planner.release_pending(req)
+
+
+def _with_parser(llm: Runnable, parser: Runnable, include_raw: bool) -> Runnable:
+    """``llm | parser``; with ``include_raw`` ``{"raw", "parsed", "parsing_error"}`` as
+    every LangChain chat model's ``with_structured_output``."""
+    from operator import itemgetter
+
+    from langchain_core.runnables import RunnableMap, RunnablePassthrough
+
+    if not include_raw:
+        return llm | parser
+    parsed = RunnablePassthrough.assign(
+        parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+    )
+    failed = RunnablePassthrough.assign(parsed=lambda _: None)
+    return RunnableMap(raw=llm) | parsed.with_fallbacks([failed], exception_key="parsing_error")

@@ -524,3 +524,29 @@ async def test_concurrent_requests_during_cooldown_all_succeed(fault_server_fact
     again = await asyncio.gather(*(router.ainvoke(f"h{i}") for i in range(3)))
     assert all(text_of(r).startswith("[a#") for r in again)  # a is back after 2 s
     assert all(r.t_start >= limited.t_end + 2.0 for r in a.chat_requests[1:])
+
+
+# --------------------------------------------------------------------------- structured output
+
+
+def test_function_calling_strict_reaches_the_wire(fault_server_factory) -> None:
+    """``with_structured_output(method="function_calling", strict=True)`` sends the
+    schema as a strict tool (``tools[0].function.strict``), as ``ChatOpenAI`` does,
+    and no unknown top-level ``strict`` parameter; the fallback deployment gets it too."""
+    from pydantic import BaseModel
+
+    class Answer(BaseModel):
+        value: int
+
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(Fault.server_error())
+    router = make_router([a, b])
+    out = router.with_structured_output(
+        Answer, method="function_calling", strict=True, include_raw=True
+    ).invoke("hello")
+    assert text_of(out["raw"]) == "[b#1] hello"  # the fake server answers in text
+    for srv in (a, b):
+        body = srv.chat_requests[0].body
+        assert body["tools"][0]["function"]["name"] == "Answer"
+        assert body["tools"][0]["function"]["strict"] is True
+        assert "strict" not in body

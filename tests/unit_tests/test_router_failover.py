@@ -439,6 +439,26 @@ class TestLangChainIntegration:
         tools = judge.kwargs()["tools"]
         assert tools[0]["function"]["name"] == "Answer"
 
+    @pytest.mark.parametrize("strict", [True, False])
+    def test_function_calling_passes_strict_through(self, strict: bool) -> None:
+        class Answer(BaseModel):
+            value: int
+
+        judge = ToolJudge(tool_args={"value": 42})
+        router = router_of(ScriptedChat(replies=[http_error(503)]), judge)
+        out = router.with_structured_output(
+            Answer, method="function_calling", strict=strict, include_raw=True
+        ).invoke("q")
+        assert out["parsed"] == Answer(value=42) and out["parsing_error"] is None
+        kwargs = judge.kwargs()
+        assert kwargs["tools"][0]["function"]["strict"] is strict
+        assert "strict" not in kwargs  # ToolJudge.bind_tools takes no strict argument
+
+    def test_function_calling_without_strict_sends_none(self) -> None:
+        judge = ToolJudge(tool_args={"value": 1})
+        router_of(judge).with_structured_output({"title": "A", "type": "object"}).invoke("q")
+        assert "strict" not in judge.kwargs()["tools"][0]["function"]
+
     def test_model_kwarg_pins_a_deployment(self) -> None:
         router = router_of(ScriptedChat(replies=["a"]), ScriptedChat(replies=["b"]))
         assert router.invoke("q", model="b").content == "b"

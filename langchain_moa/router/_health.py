@@ -43,6 +43,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
+from langchain_core import exceptions as lc_exc
 from tenacity import wait_exponential_jitter
 
 from langchain_moa.errors import ConfigurationError, MissingAPIKeyError
@@ -203,6 +204,18 @@ def _status_and_headers(exc: BaseException) -> tuple[int | None, Any, str]:
     return (int(status) if isinstance(status, int) else None), headers, text
 
 
+_LC_ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (lc_exc.ModelRateLimitError, 429),
+    (lc_exc.ModelAuthenticationError, 401),
+    (lc_exc.ModelPermissionDeniedError, 403),
+    (lc_exc.ModelNotFoundError, 404),
+    (lc_exc.ModelAPIError, 500),
+    (lc_exc.ModelInvalidRequestError, 400),
+)
+"""LangChain's standard model errors (no HTTP response attached) and the HTTP status
+each stands for; the first match wins."""
+
+
 def classify_error(exc: BaseException, now: float | None = None) -> ErrorInfo:
     """Classify an exception raised while calling a deployment.
 
@@ -212,7 +225,6 @@ def classify_error(exc: BaseException, now: float | None = None) -> ErrorInfo:
     the exception's ``.response`` when it has one.
     """
     import openai
-    from langchain_core import exceptions as lc_exc
 
     msg = f"{type(exc).__name__}: {exc}"[:500]
     if isinstance(exc, MissingAPIKeyError):
@@ -253,18 +265,7 @@ def classify_error(exc: BaseException, now: float | None = None) -> ErrorInfo:
         return ErrorInfo("malformed", getattr(exc, "status_code", None), None, msg)
     status, headers, text = _status_and_headers(exc)
     if status is None:
-        if isinstance(exc, lc_exc.ModelRateLimitError):
-            status = 429
-        elif isinstance(exc, lc_exc.ModelAuthenticationError):
-            status = 401
-        elif isinstance(exc, lc_exc.ModelPermissionDeniedError):
-            status = 403
-        elif isinstance(exc, lc_exc.ModelNotFoundError):
-            status = 404
-        elif isinstance(exc, lc_exc.ModelAPIError):
-            status = 500
-        elif isinstance(exc, lc_exc.ModelInvalidRequestError):
-            status = 400
+        status = next((st for cls, st in _LC_ERROR_STATUS if isinstance(exc, cls)), None)
     if status is None:
         return ErrorInfo("unknown", None, None, msg)
     if status == 429:

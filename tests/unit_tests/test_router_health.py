@@ -92,6 +92,21 @@ class TestClassify:
     def test_context_length(self) -> None:
         assert classify_error(context_error()).kind == "context_length"
 
+    @pytest.mark.parametrize(
+        ("error", "kind", "status"),
+        [
+            (lc_exc.ModelRateLimitError, "rate_limit", 429),
+            (lc_exc.ModelAuthenticationError, "auth", 401),
+            (lc_exc.ModelPermissionDeniedError, "auth", 403),
+            (lc_exc.ModelNotFoundError, "not_found", 404),
+            (lc_exc.ModelAPIError, "server", 500),
+            (lc_exc.ModelInvalidRequestError, "bad_request", 400),
+        ],
+    )
+    def test_langchain_standard_errors(self, error: type, kind: str, status: int) -> None:
+        info = classify_error(error("boom"))
+        assert (info.kind, info.status) == (kind, status)
+
     def test_context_length_from_langchain_standard_error(self) -> None:
         assert classify_error(lc_exc.ContextOverflowError("too long")).kind == "context_length"
 

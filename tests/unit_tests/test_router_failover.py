@@ -247,7 +247,7 @@ class TestTransient:
         )
         t0 = time.time()
         msg = router.invoke("q")
-        assert time.time() - t0 < 0.2
+        assert time.time() - t0 < 0.25  # less than the backoff it skipped
         assert msg.content == "b" and len(a.times) == 1
         assert ("a", "skipped") in attempts(msg)
 
@@ -259,7 +259,7 @@ class TestTransient:
         t0 = time.time()
         with pytest.raises(NoDeploymentAvailableError, match="deadline"):
             router.invoke("q")
-        assert time.time() - t0 < 0.2 and len(a.times) == 1
+        assert time.time() - t0 < 0.25 and len(a.times) == 1
 
     async def test_retry_backoff_past_the_deadline_async_and_stream(self) -> None:
         a = TimedChat(replies=[http_error(500), http_error(500), "a after backoff"])

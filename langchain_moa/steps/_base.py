@@ -395,6 +395,12 @@ class LLMStep(Step):
             return Result(job, self.make_record(job, None, started, exc), exception=exc)
         return Result(job, self.make_record(job, reply, started, None), reply)
 
+    def _concurrency(self, config: RunnableConfig, jobs: int) -> int:
+        """How many calls may run at once: the step's ``max_concurrency`` and the
+        run config's ``max_concurrency`` (as LangChain's ``batch`` honours it), if set."""
+        bounds = [b for b in (self.max_concurrency, config.get("max_concurrency")) if b]
+        return max(1, min([jobs, *bounds]))
+
     def run_jobs(
         self, jobs: list[Job], report: _StepReport, config: RunnableConfig
     ) -> list[Result]:
@@ -411,8 +417,7 @@ class LLMStep(Step):
                 dispatch_custom_event(CALL_EVENT, record.model_dump(), config=config)
             return result
 
-        workers = min(len(jobs), self.max_concurrency or len(jobs)) or 1
-        with ContextThreadPoolExecutor(max_workers=workers) as pool:
+        with ContextThreadPoolExecutor(max_workers=self._concurrency(config, len(jobs))) as pool:
             results = list(pool.map(one, jobs))
         report.calls.extend(record for result in results for record in result.records)
         return results
@@ -422,7 +427,7 @@ class LLMStep(Step):
     ) -> list[Result]:
         """Async :meth:`run_jobs`: ``asyncio.gather`` bounded by a semaphore
         (``RunnableParallel.ainvoke`` would ignore ``max_concurrency``)."""
-        limit = asyncio.Semaphore(self.max_concurrency or max(len(jobs), 1))
+        limit = asyncio.Semaphore(self._concurrency(config, len(jobs)))
 
         async def one(job: Job) -> Result:
             async with limit:

@@ -371,6 +371,25 @@ async def test_without_bound_async_calls_run_concurrently():
     assert gauge.peak == 5
 
 
+def test_config_max_concurrency_bounds_sync_calls():
+    gauge = Gauge()
+    agents = [chat(f"r{i}", delay=0.1, gauge=gauge) for i in range(6)]
+    state = Propose(agents).invoke("q", config={"max_concurrency": 3})
+    assert len(state.candidates) == 6
+    assert gauge.peak == 3
+
+
+async def test_config_max_concurrency_bounds_async_calls_with_the_step_bound_winning():
+    gauge = Gauge()
+    agents = [chat(f"r{i}", delay=0.1, gauge=gauge) for i in range(6)]
+    await Propose(agents).ainvoke("q", config={"max_concurrency": 3})
+    assert gauge.peak == 3
+    gauge = Gauge()
+    agents = [chat(f"r{i}", delay=0.1, gauge=gauge) for i in range(6)]
+    await Propose(agents, max_concurrency=2).ainvoke("q", config={"max_concurrency": 3})
+    assert gauge.peak == 2
+
+
 async def test_max_concurrency_bounds_refine_async():
     gauge = Gauge()
     refiner = chat("r", delay=0.05, gauge=gauge)

@@ -27,6 +27,7 @@ from langchain_moa.providers import (
     PROVIDERS,
     openai_compatible_chat_model,
     parse_model_name,
+    split_model_name,
 )
 
 AgentLike = str | Runnable | Callable[..., Any]
@@ -126,25 +127,18 @@ class Agent:
         return runnable
 
 
-def _has_provider(name: str) -> bool:
-    return any(i > 0 for i in (name.find("/"), name.find(":")))
-
-
 def _known_provider(name: str) -> bool:
     """True when ``name`` starts with a registered provider (or ``local``).
 
     Other prefixed names (``"qwen/qwen-2.5-72b-instruct"``, an OpenRouter or Groq
     model id) wait for a client like bare names do.
     """
-    cuts = [i for i in (name.find("/"), name.find(":")) if i > 0]
-    if not cuts:
-        return False
-    provider = name[: min(cuts)].lower()
+    provider, _ = split_model_name(name)
     return provider == LOCAL_PROVIDER or provider in PROVIDERS
 
 
 def _resolve_string(name: str) -> Runnable:
-    if not _has_provider(name):
+    if split_model_name(name)[0] is None:
         raise ConfigurationError(
             f"agent {name!r} has no provider: write 'provider/model' (e.g. 'openai/{name}') "
             f"or give the step a client function with client="
@@ -177,7 +171,7 @@ def make_agents(
     Raises:
         ConfigurationError: the list is empty or not a list, naming ``parameter``.
     """
-    if isinstance(agents, (str, Runnable)) or callable(agents) and not isinstance(agents, list):
+    if isinstance(agents, (str, Runnable)) or callable(agents):
         agents = [agents]
     if not isinstance(agents, (list, tuple)) or not agents:
         raise ConfigurationError(f"{parameter} must be a non-empty list of agents, got {agents!r}")

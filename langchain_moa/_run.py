@@ -12,7 +12,7 @@ from langchain_core.runnables.config import ensure_config
 from langchain_moa._agents import CLIENT_CONFIG_KEY
 from langchain_moa.errors import ConfigurationError
 from langchain_moa.history import MoAHistoryHandler
-from langchain_moa.steps._base import Step, check_pipeline_part
+from langchain_moa.steps._base import check_pipeline_part
 from langchain_moa.types import MoAState
 
 
@@ -102,4 +102,4 @@ def _answer_text(out: Any) -> str:
     return str(out)
 
 
-__all__ = ["pipeline", "run", "Step"]
+__all__ = ["pipeline", "run"]

@@ -22,6 +22,7 @@ import re
 from collections.abc import Mapping
 
 from langchain_moa.errors import ConfigurationError
+from langchain_moa.providers import split_model_name
 
 __all__ = ["PRICES", "FREE_PROVIDERS", "price_of", "cost_usd"]
 
@@ -74,14 +75,6 @@ FREE_PROVIDERS = frozenset({"local", "llamacpp", "ollama", "vllm", "lmstudio"})
 """Providers whose models run on your own hardware: priced at 0."""
 
 
-def _split(model: str) -> tuple[str | None, str]:
-    cuts = [i for i in (model.find("/"), model.find(":")) if i > 0]
-    if not cuts:
-        return None, model
-    cut = min(cuts)
-    return model[:cut].lower(), model[cut + 1 :]
-
-
 def price_of(model: str, prices: Mapping[str, Price] | None = None) -> Price | None:
     """The ``(input, output)`` price in USD per million tokens, or ``None`` if unknown.
 
@@ -93,7 +86,7 @@ def price_of(model: str, prices: Mapping[str, Price] | None = None) -> Price | N
     table: dict[str, Price] = dict(PRICES)
     if prices:
         table.update(prices)
-    provider, model_id = _split(model)
+    provider, model_id = split_model_name(model)
     key = f"{provider}/{model_id}" if provider else model_id
     if key in table:
         return table[key]
@@ -102,7 +95,7 @@ def price_of(model: str, prices: Mapping[str, Price] | None = None) -> Price | N
     if provider in FREE_PROVIDERS:
         return (0.0, 0.0)
     for k, v in table.items():
-        if _split(k)[1] == model_id:
+        if split_model_name(k)[1] == model_id:
             return v
     # dated snapshots ("gpt-4o-mini-2024-07-18", "claude-3-5-haiku-20241022") cost
     # what their alias costs

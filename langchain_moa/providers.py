@@ -28,6 +28,7 @@ __all__ = [
     "Provider",
     "ModelSpec",
     "parse_model_name",
+    "split_model_name",
     "register_provider",
     "LogicalModelMap",
     "LOGICAL_MODELS",
@@ -130,6 +131,17 @@ class ModelSpec:
         return f"{self.provider}/{self.model}"
 
 
+def split_model_name(name: str) -> tuple[str | None, str]:
+    """``(provider, model)`` of ``"provider/model"`` or ``"provider:model"``, cut at
+    whichever separator comes first; ``(None, name)`` when there is no prefix. The
+    provider is lower-cased and not checked against the registry."""
+    cuts = [i for i in (name.find("/"), name.find(":")) if i > 0]
+    if not cuts:
+        return None, name
+    cut = min(cuts)
+    return name[:cut].lower(), name[cut + 1 :]
+
+
 def parse_model_name(name: str) -> ModelSpec:
     """Split ``"provider/model"`` or ``"provider:model"`` into a :class:`ModelSpec`.
 
@@ -143,14 +155,12 @@ def parse_model_name(name: str) -> ModelSpec:
     """
     if not isinstance(name, str) or not name.strip():
         raise ConfigurationError(f"model name must be a non-empty string, got {name!r}")
-    cuts = [i for i in (name.find("/"), name.find(":")) if i > 0]
-    if not cuts:
+    provider, model = split_model_name(name)
+    if provider is None:
         raise ConfigurationError(
             f"model name {name!r} has no provider: write 'provider/model' or "
             f"'provider:model' with provider one of {sorted([*PROVIDERS, LOCAL_PROVIDER])}"
         )
-    cut = min(cuts)
-    provider, model = name[:cut].lower(), name[cut + 1 :]
     if provider != LOCAL_PROVIDER and provider not in PROVIDERS:
         raise ConfigurationError(
             f"unknown provider {provider!r} in model name {name!r}; known providers: "

@@ -22,8 +22,8 @@ from langchain_moa.steps._base import (
     Job,
     LLMStep,
     Result,
+    StepReport,
     _Default,
-    _StepReport,
     to_state,
 )
 from langchain_moa.steps._layers import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
@@ -129,17 +129,17 @@ class Aggregate(LLMStep):
         messages = reference_messages(state.messages, self.prompt or AGGREGATE_PROMPT, state.texts)
         return self.job(self.agent, 0, messages, state.layer + 1, config)
 
-    def _message(self, report: _StepReport, result: Result) -> AIMessage:
+    def _message(self, report: StepReport, result: Result) -> AIMessage:
         if not result.ok:
             raise AggregatorError(type(self).__name__, self.agent.name, result.record.error)
         calls = [*report.state.calls, *report.calls]
         return final_message(result.record.output or "", calls, result.job.layer, result.record)
 
-    def _run(self, report: _StepReport, config: RunnableConfig) -> AIMessage:
+    def _run(self, report: StepReport, config: RunnableConfig) -> AIMessage:
         [result] = self.run_jobs([self._job(report.state, config)], report, config)
         return self._message(report, result)
 
-    async def _arun(self, report: _StepReport, config: RunnableConfig) -> AIMessage:
+    async def _arun(self, report: StepReport, config: RunnableConfig) -> AIMessage:
         [result] = await self.arun_jobs([self._job(report.state, config)], report, config)
         return self._message(report, result)
 
@@ -178,7 +178,7 @@ class Aggregate(LLMStep):
         self, inputs: Iterator[Any], run_manager: Any, config: RunnableConfig
     ) -> Iterator[AIMessageChunk]:
         step_config = patch_config(config, callbacks=run_manager.get_child())
-        stream = _TokenStream(self, _StepReport(self, to_state(_last(inputs))))
+        stream = _TokenStream(self, StepReport(self, to_state(_last(inputs))))
         try:
             job = stream.start(step_config)
             for chunk in job.runnable.stream(job.messages, self.call_config(job, step_config)):
@@ -200,7 +200,7 @@ class Aggregate(LLMStep):
         last = None
         async for last in inputs:  # noqa: B007 - the upstream step yields its final state last
             pass
-        stream = _TokenStream(self, _StepReport(self, to_state(last)))
+        stream = _TokenStream(self, StepReport(self, to_state(last)))
         try:
             job = stream.start(step_config)
             async for chunk in job.runnable.astream(
@@ -221,7 +221,7 @@ class Aggregate(LLMStep):
 class _TokenStream:
     """Accumulates the aggregator's streamed chunks into one call record."""
 
-    def __init__(self, step: Aggregate, report: _StepReport) -> None:
+    def __init__(self, step: Aggregate, report: StepReport) -> None:
         self.step = step
         self.report = report
         self.total: AIMessageChunk | None = None

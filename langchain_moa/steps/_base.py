@@ -132,7 +132,7 @@ class Step(Runnable[Any, Any], metaclass=_StepMeta):
 
     def _traced_run(self, input: Any, run_manager: Any, config: RunnableConfig) -> Any:
         step_config = patch_config(config, callbacks=run_manager.get_child())
-        report = _StepReport(self, to_state(input))
+        report = StepReport(self, to_state(input))
         try:
             out = self._run(report, step_config)
         except BaseException as exc:
@@ -143,7 +143,7 @@ class Step(Runnable[Any, Any], metaclass=_StepMeta):
 
     async def _traced_arun(self, input: Any, run_manager: Any, config: RunnableConfig) -> Any:
         step_config = patch_config(config, callbacks=run_manager.get_child())
-        report = _StepReport(self, to_state(input))
+        report = StepReport(self, to_state(input))
         try:
             out = await self._arun(report, step_config)
         except BaseException as exc:
@@ -152,15 +152,15 @@ class Step(Runnable[Any, Any], metaclass=_StepMeta):
         await adispatch_custom_event(STEP_EVENT, report.record(out), config=step_config)
         return out
 
-    def _run(self, report: _StepReport, config: RunnableConfig) -> Any:
+    def _run(self, report: StepReport, config: RunnableConfig) -> Any:
         raise NotImplementedError
 
-    async def _arun(self, report: _StepReport, config: RunnableConfig) -> Any:
+    async def _arun(self, report: StepReport, config: RunnableConfig) -> Any:
         return self._run(report, config)
 
 
 @dataclass
-class _StepReport:
+class StepReport:
     """The state a step started from, the calls it made, and its timing."""
 
     step: Step
@@ -402,7 +402,7 @@ class LLMStep(Step):
         return max(1, min([jobs, *bounds]))
 
     def run_jobs(
-        self, jobs: list[Job], report: _StepReport, config: RunnableConfig
+        self, jobs: list[Job], report: StepReport, config: RunnableConfig
     ) -> list[Result]:
         """Run ``jobs`` in parallel threads (at most ``max_concurrency`` at once).
 
@@ -423,7 +423,7 @@ class LLMStep(Step):
         return results
 
     async def arun_jobs(
-        self, jobs: list[Job], report: _StepReport, config: RunnableConfig
+        self, jobs: list[Job], report: StepReport, config: RunnableConfig
     ) -> list[Result]:
         """Async :meth:`run_jobs`: ``asyncio.gather`` bounded by a semaphore
         (``RunnableParallel.ainvoke`` would ignore ``max_concurrency``)."""

@@ -36,8 +36,8 @@ from langchain_moa.steps._base import (
     Job,
     LLMStep,
     Result,
+    StepReport,
     _Default,
-    _StepReport,
     validate_positive_int,
 )
 from langchain_moa.types import MoAState
@@ -159,15 +159,15 @@ class _Judge(LLMStep):
                 f"the judge's reply is not a valid {self.schema.__name__}: {text[:200]!r} ({exc})",
             ) from exc
 
-    def _run(self, report: _StepReport, config: RunnableConfig) -> Any:
+    def _run(self, report: StepReport, config: RunnableConfig) -> Any:
         [result] = self.run_jobs([self._judge_job(report.state, config)], report, config)
         return self._judged(report, result)
 
-    async def _arun(self, report: _StepReport, config: RunnableConfig) -> Any:
+    async def _arun(self, report: StepReport, config: RunnableConfig) -> Any:
         [result] = await self.arun_jobs([self._judge_job(report.state, config)], report, config)
         return self._judged(report, result)
 
-    def _judged(self, report: _StepReport, result: Result) -> Any:
+    def _judged(self, report: StepReport, result: Result) -> Any:
         native = result.replaced
         if native is not None and self.structured == "auto" and not _transient(native.exception):
             # Native structured output was refused (e.g. llama.cpp rejects
@@ -176,7 +176,7 @@ class _Judge(LLMStep):
             self.agent.structured_output_failed = True
         return self._apply(report, self.parse(result), result)
 
-    def _apply(self, report: _StepReport, judgement: Any, result: Result) -> Any:
+    def _apply(self, report: StepReport, judgement: Any, result: Result) -> Any:
         raise NotImplementedError
 
 
@@ -215,7 +215,7 @@ class Rank(_Judge):
     def params(self) -> dict[str, Any]:
         return {**super().params, "n": self.n}
 
-    def _apply(self, report: _StepReport, judgement: RankingJudgement, result: Result) -> MoAState:
+    def _apply(self, report: StepReport, judgement: RankingJudgement, result: Result) -> MoAState:
         state = report.state
         count = len(state.candidates)
         order: list[int] = []
@@ -262,7 +262,7 @@ class Vote(_Judge):
 
         return AIMessage
 
-    def _apply(self, report: _StepReport, judgement: VoteJudgement, result: Result) -> Any:
+    def _apply(self, report: StepReport, judgement: VoteJudgement, result: Result) -> Any:
         state = report.state
         if not 1 <= judgement.choice <= len(state.candidates):
             raise AggregatorError(

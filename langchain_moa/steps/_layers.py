@@ -16,8 +16,8 @@ from langchain_moa.steps._base import (
     Job,
     LLMStep,
     Result,
+    StepReport,
     _Default,
-    _StepReport,
     validate_positive_int,
 )
 from langchain_moa.types import Candidate, MoAState
@@ -74,17 +74,17 @@ class _LayerStep(LLMStep):
     def _jobs(self, state: MoAState, layer: int, config: RunnableConfig) -> list[Job]:
         raise NotImplementedError
 
-    def _run(self, report: _StepReport, config: RunnableConfig) -> MoAState:
+    def _run(self, report: StepReport, config: RunnableConfig) -> MoAState:
         layer = report.state.layer + 1
         jobs = self._jobs(report.state, layer, config)
         return self._finish(report, self.run_jobs(jobs, report, config), layer)
 
-    async def _arun(self, report: _StepReport, config: RunnableConfig) -> MoAState:
+    async def _arun(self, report: StepReport, config: RunnableConfig) -> MoAState:
         layer = report.state.layer + 1
         jobs = self._jobs(report.state, layer, config)
         return self._finish(report, await self.arun_jobs(jobs, report, config), layer)
 
-    def _finish(self, report: _StepReport, results: list[Result], layer: int) -> MoAState:
+    def _finish(self, report: StepReport, results: list[Result], layer: int) -> MoAState:
         """Apply the quorum rule and build the next state.
 
         Raises:

@@ -14,12 +14,12 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 
 from langchain_moa.errors import ConfigurationError
-from langchain_moa.steps._base import Step, _StepReport, validate_positive_int
+from langchain_moa.steps._base import Step, StepReport, validate_positive_int
 from langchain_moa.types import Candidate, MoAState
 
 
 class _Transform(Step):
-    def _run(self, report: _StepReport, config: RunnableConfig) -> MoAState:
+    def _run(self, report: StepReport, config: RunnableConfig) -> MoAState:
         state = report.state
         return state.model_copy(update={"candidates": self.apply(list(state.candidates))})
 

@@ -272,15 +272,6 @@ def _write_text(path: Path, text: str) -> None:
         _fail(f"cannot write history file {path}: {exc.strerror}")
 
 
-def _usage(message: Any) -> dict[str, int]:
-    usage = getattr(message, "usage_metadata", None) or {}
-    return {
-        "input_tokens": int(usage.get("input_tokens", 0)),
-        "output_tokens": int(usage.get("output_tokens", 0)),
-        "total_tokens": int(usage.get("total_tokens", 0)),
-    }
-
-
 def _run_one(
     runnable: Any,
     question: str,
@@ -316,7 +307,7 @@ def _run_one(
             EXIT_USAGE if isinstance(error, (LocalModelError, ConfigurationError)) else EXIT_FAILED
         )
         _fail(_one_line(error), code)
-    usage = _usage(message)
+    usage = dict(handler.usage())  # every call of the run, as the message's usage_metadata
     text = message.text if hasattr(message, "text") else str(message)
     calls = handler.calls
     if json_output:
@@ -352,14 +343,9 @@ def _answer_row(
     try:
         message = runnable.invoke(q.question, config={"callbacks": [handler]})
         answer = message.text if hasattr(message, "text") else str(message)
-        usage = _usage(message)
     except Exception as exc:  # recorded in the row; the batch goes on
         error = f"{type(exc).__name__}: {_one_line(exc)}"
-        usage = {
-            "input_tokens": sum(c.input_tokens for c in handler.calls),
-            "output_tokens": sum(c.output_tokens for c in handler.calls),
-        }
-        usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+    usage = dict(handler.usage())  # also counts the calls of a run that failed
     calls = handler.calls
     if history_fh is not None:
         with history_lock:

@@ -17,10 +17,19 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from langchain_core.caches import BaseCache
+from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel
-from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
+from langchain_core.runnables import (
+    Runnable,
+    RunnableBinding,
+    RunnableConfig,
+    RunnableSequence,
+    RunnableWithFallbacks,
+)
 
 from langchain_moa.client_model import ClientChatModel
+from langchain_moa._settings import configure, is_configurable_model, step_values
 from langchain_moa.errors import ConfigurationError
 from langchain_moa.providers import (
     LOCAL_PROVIDER,
@@ -58,14 +67,21 @@ class Agent:
     Model strings with a provider are resolved at construction (so a missing key
     fails early, naming its variable), except ``local/...`` models, whose server is
     started on first call. Bare names wait for a client from the step or the config.
+    Resolved and configured Runnables are kept, so a call builds no model object.
+
+    Attributes:
+        name: the agent's readable name (model string or model id).
+        spec: what the user passed (serialised by the steps' ``to_json``).
     """
 
     def __init__(self, spec: Any, client: Callable[..., Any] | None = None) -> None:
         self.name = agent_name(spec)
-        self._spec = spec
+        self.spec = spec
         self._client = client
         self._runnable: Runnable | None = None
-        self._lock = threading.Lock()
+        self._client_models: dict[Any, ClientChatModel] = {}
+        self._configured: dict[tuple[Any, ...], Runnable] = {}
+        self._own_cache: bool | None = None
         self.structured_output_failed = False
         """Set by Rank / Vote when the agent's native structured output failed once."""
         if isinstance(spec, type):
@@ -88,6 +104,19 @@ class Agent:
                 f"client function"
             )
 
+    def __repr__(self) -> str:
+        return f"Agent({self.name!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Models built from a string are rebuilt on first use after unpickling
+        # (they hold HTTP clients); the user's own Runnables pickle as LangChain allows.
+        state = dict(self.__dict__)
+        state["_configured"] = {}
+        state["_client_models"] = {}
+        if not isinstance(self.spec, Runnable) and isinstance(self.spec, str):
+            state["_runnable"] = None
+        return state
+
     def runnable(self, config: RunnableConfig | None = None) -> Runnable:
         """The Runnable to call.
 
@@ -95,36 +124,84 @@ class Agent:
             ConfigurationError: a bare model name and no client function.
             LocalModelError: a ``local/...`` model cannot be started.
         """
-        if isinstance(self._spec, str):
+        if isinstance(self.spec, str):
             # A client (the step's, or run(..., client=)'s) serves every model string,
             # as in mixture-llm, whose names may look like "qwen/qwen-2.5-72b-instruct".
-            client = self._client or (config or {}).get("configurable", {}).get(CLIENT_CONFIG_KEY)
+            client = self._client
+            if client is None and config:
+                client = config.get("configurable", {}).get(CLIENT_CONFIG_KEY)
             if client is not None:
-                return ClientChatModel(client=client, model=self._spec)
+                model = self._client_models.get(client)
+                if model is None:
+                    model = ClientChatModel(client=client, model=self.spec)
+                    self._client_models[client] = model
+                return model
         if self._runnable is not None:
             return self._runnable
-        with self._lock:
+        with _RESOLVE_LOCK:
             if self._runnable is None:
-                self._runnable = _resolve_string(self._spec)
+                self._runnable = _resolve_string(self.spec)
             return self._runnable
+
+    def configured(
+        self,
+        config: RunnableConfig | None,
+        forced: dict[str, Any],
+        fallback: dict[str, Any],
+        sample: int = 0,
+    ) -> Runnable:
+        """The Runnable with a step's settings applied (see :mod:`langchain_moa._settings`);
+        ``sample`` (the call's position in its step) gives it its own cache entries
+        when a LangChain cache is in effect."""
+        runnable = self.runnable(config)
+        if sample and not (get_llm_cache() is not None or self._has_own_cache(runnable)):
+            sample = 0
+        if _depends_on_config(runnable):
+            return configure(runnable, forced, fallback, sample, config)
+        key = (id(runnable), *forced.items(), None, *fallback.items(), sample)
+        done = self._configured.get(key)
+        if done is None:
+            done = configure(runnable, forced, fallback, sample, config)
+            self._configured[key] = done
+        return done
 
     def bound(
         self, config: RunnableConfig | None, temperature: float | None, max_tokens: int | None
     ) -> Runnable:
-        """The Runnable with ``temperature`` / ``max_tokens`` bound, for chat models.
+        """The Runnable with ``temperature`` / ``max_tokens`` sent on every call
+        (``None``: left to the agent)."""
+        forced, _ = step_values(temperature, max_tokens, (0.0, 0))
+        return self.configured(config, forced, {})
 
-        Other Runnables (a chain returning an ``AIMessage``) are returned unchanged:
-        they have no such parameters to set.
-        """
-        runnable = self.runnable(config)
-        params = {
-            k: v
-            for k, v in (("temperature", temperature), ("max_tokens", max_tokens))
-            if v is not None
-        }
-        if params and _is_chat_model(runnable):
-            return runnable.bind(**params)
-        return runnable
+    def _has_own_cache(self, runnable: Runnable) -> bool:
+        if self._own_cache is None:
+            self._own_cache = _has_own_cache(runnable)
+        return self._own_cache
+
+
+_RESOLVE_LOCK = threading.Lock()
+"""Guards resolving model strings (module level, so agents and steps pickle)."""
+
+
+def _depends_on_config(runnable: Runnable) -> bool:
+    while isinstance(runnable, RunnableBinding):
+        runnable = runnable.bound
+    return is_configurable_model(runnable)
+
+
+def _has_own_cache(runnable: Any) -> bool:
+    """True when a chat model inside ``runnable`` has its own ``cache=``."""
+    if isinstance(runnable, BaseChatModel):
+        return isinstance(runnable.cache, BaseCache)
+    if isinstance(runnable, RunnableBinding):
+        return _has_own_cache(runnable.bound)
+    if isinstance(runnable, RunnableWithFallbacks):
+        return any(_has_own_cache(r) for r in runnable.runnables)
+    if isinstance(runnable, RunnableSequence):
+        return any(_has_own_cache(r) for r in runnable.steps)
+    if is_configurable_model(runnable):
+        return isinstance(runnable._default_config.get("cache"), BaseCache)
+    return False
 
 
 def _known_provider(name: str) -> bool:
@@ -157,12 +234,6 @@ def _resolve_string(name: str) -> Runnable:
     return openai_compatible_chat_model(parsed.provider, parsed.model)
 
 
-def _is_chat_model(runnable: Runnable) -> bool:
-    while isinstance(runnable, RunnableBinding):
-        runnable = runnable.bound
-    return isinstance(runnable, BaseChatModel)
-
-
 def make_agents(
     agents: Any, client: Callable[..., Any] | None, parameter: str = "agents"
 ) -> list[Agent]:
@@ -175,4 +246,4 @@ def make_agents(
         agents = [agents]
     if not isinstance(agents, (list, tuple)) or not agents:
         raise ConfigurationError(f"{parameter} must be a non-empty list of agents, got {agents!r}")
-    return [Agent(a, client) for a in agents]
+    return [a if isinstance(a, Agent) else Agent(a, client) for a in agents]

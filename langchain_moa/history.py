@@ -14,6 +14,7 @@ fails) and a ``"moa_call"`` event after each model call; both are visible in
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 from uuid import UUID
 
@@ -60,13 +61,29 @@ class MoAHistoryHandler(BaseCallbackHandler):
     runs apart (with ``batch``, the steps of all inputs interleave, each carrying
     its own ``run_id``).
 
+    The handler runs inline (``run_inline = True``): LangChain calls it in the thread
+    or task that dispatched the event, with no thread-pool hop; appending a record is
+    guarded by a lock, so concurrent steps (``batch``, sync fan-out threads) are safe.
+
     Attributes:
         steps: the :class:`StepRecord` of every finished step, in finishing order.
     """
 
+    run_inline: bool = True
+
     def __init__(self) -> None:
         super().__init__()
         self.steps: list[StepRecord] = []
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def on_custom_event(
         self,
@@ -79,7 +96,9 @@ class MoAHistoryHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         if name == STEP_EVENT:
-            self.steps.append(StepRecord(**data, run_id=str(run_id)))
+            record = StepRecord(**data, run_id=str(run_id))
+            with self._lock:
+                self.steps.append(record)
 
     @property
     def calls(self) -> list[CallRecord]:

@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 
@@ -81,11 +82,30 @@ def price_of(model: str, prices: Mapping[str, Price] | None = None) -> Price | N
     Lookup order: the exact key (``"provider/model"``, ``"provider:model"`` is
     normalised to ``/``), then the bare model id against every entry's model part,
     then 0 for self-hosted providers (:data:`FREE_PROVIDERS`). ``prices`` entries
-    take precedence over :data:`PRICES`.
+    take precedence over :data:`PRICES`. Lookups in :data:`PRICES` alone are
+    memoised (the table is indexed once per change of its size).
     """
-    table: dict[str, Price] = dict(PRICES)
     if prices:
-        table.update(prices)
+        return _lookup(model, {**PRICES, **prices}, _index({**PRICES, **prices}))
+    return _cached_price(model, len(PRICES))
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_price(model: str, size: int) -> Price | None:
+    # ``size`` keys the cache to the table's size, so an entry added to PRICES at
+    # run time is seen (changing an existing price needs _cached_price.cache_clear()).
+    return _lookup(model, PRICES, _index(PRICES))
+
+
+def _index(table: Mapping[str, Price]) -> dict[str, Price]:
+    """Bare model id -> price (the first entry listing that id wins)."""
+    by_id: dict[str, Price] = {}
+    for k, v in table.items():
+        by_id.setdefault(split_model_name(k)[1], v)
+    return by_id
+
+
+def _lookup(model: str, table: Mapping[str, Price], by_id: Mapping[str, Price]) -> Price | None:
     provider, model_id = split_model_name(model)
     key = f"{provider}/{model_id}" if provider else model_id
     if key in table:
@@ -94,14 +114,13 @@ def price_of(model: str, prices: Mapping[str, Price] | None = None) -> Price | N
         return table[model]
     if provider in FREE_PROVIDERS:
         return (0.0, 0.0)
-    for k, v in table.items():
-        if split_model_name(k)[1] == model_id:
-            return v
+    if model_id in by_id:
+        return by_id[model_id]
     # dated snapshots ("gpt-4o-mini-2024-07-18", "claude-3-5-haiku-20241022") cost
     # what their alias costs
     undated = _DATE_SUFFIX.sub("", model_id)
     if undated != model_id:
-        return price_of(f"{provider}/{undated}" if provider else undated, prices)
+        return _lookup(f"{provider}/{undated}" if provider else undated, table, by_id)
     return None
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.callbacks import dispatch_custom_event
 from langchain_core.callbacks.manager import adispatch_custom_event
@@ -32,6 +32,8 @@ from langchain_moa.types import CallRecord, MoAState, sum_usage
 
 def single_agent(agent: Any, client: Callable[..., Any] | None) -> Agent:
     """Wrap the one agent of a final step; a list is a mistake worth naming."""
+    if isinstance(agent, Agent):
+        return agent
     if isinstance(agent, (list, tuple)):
         raise ConfigurationError(
             f"agent must be a single agent, got a list of {len(agent)}; "
@@ -91,27 +93,32 @@ class Aggregate(LLMStep):
             empty. A proposer's answer is never returned in its place.
     """
 
+    defaults: ClassVar[tuple[float, int]] = (DEFAULT_TEMPERATURE, DEFAULT_MAX_TOKENS)
+    agent: Agent
+
     def __init__(
         self,
         agent: Any,
         *,
         temperature: float | None | _Default = DEFAULT,
-        max_tokens: int | None = DEFAULT_MAX_TOKENS,
+        max_tokens: int | None | _Default = DEFAULT,
         temp: float | None = None,
         prompt: str | None = None,
         client: Callable[..., Any] | None = None,
         prices: dict[str, tuple[float, float]] | None = None,
+        max_concurrency: int | None = None,
     ) -> None:
-        super().__init__(
+        settings = self.check_settings(
             temperature=temperature,
             max_tokens=max_tokens,
             temp=temp,
-            max_concurrency=None,
-            prices=prices,
-            default_temperature=DEFAULT_TEMPERATURE,
+            max_concurrency=max_concurrency,
             prompt=prompt,
         )
-        self.agent = single_agent(agent, client)
+        super().__init__(agent=single_agent(agent, client), prices=prices, **settings)
+
+    def step_agents(self) -> list[Agent]:
+        return [self.agent]
 
     @property
     def params(self) -> dict[str, Any]:

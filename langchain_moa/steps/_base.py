@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from abc import ABCMeta
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.callbacks import dispatch_custom_event
 from langchain_core.callbacks.manager import adispatch_custom_event
@@ -21,11 +20,14 @@ from langchain_core.messages import (
     convert_to_openai_messages,
 )
 from langchain_core.prompt_values import PromptValue
-from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import ContextThreadPoolExecutor, patch_config
+from pydantic import ConfigDict, PrivateAttr
+from pydantic._internal._model_construction import ModelMetaclass
 
 from langchain_moa import pricing
 from langchain_moa._agents import Agent
+from langchain_moa._settings import DEFAULT, _Default, check_reachable, step_values
 from langchain_moa.errors import ConfigurationError
 from langchain_moa.types import CallRecord, MoAState
 
@@ -63,7 +65,7 @@ def to_state(value: Any) -> MoAState:
     )
 
 
-class _StepMeta(ABCMeta):
+class _StepMeta(ModelMetaclass):
     """Catches a step *class* used where an instance belongs.
 
     ``seq | Shuffle`` (no parentheses) makes LangChain wrap the class in a
@@ -88,14 +90,41 @@ def check_pipeline_part(other: Any) -> None:
         )
 
 
-class Step(Runnable[Any, Any], metaclass=_StepMeta):
+class Step(RunnableSerializable[Any, Any], metaclass=_StepMeta):
     """Base class of the MoA steps: a Runnable from an :class:`MoAState` (or chat
     input) to a new :class:`MoAState` (``Aggregate`` and ``Vote``: an ``AIMessage``).
 
     Each invocation is one chain run named after the step; it dispatches a
     ``"moa_step"`` custom event with the step's record when it ends (also when it
     fails), which :class:`langchain_moa.MoAHistoryHandler` collects.
+
+    Steps are ``RunnableSerializable`` (pydantic models): ``configurable_fields`` /
+    ``configurable_alternatives`` work on them, and ``dumpd`` / ``loads`` round-trip
+    a pipeline whose agents are model strings or serialisable chat models (their
+    secrets as ``lc_secrets``, never in the payload). Load with
+    ``loads(text, valid_namespaces=["langchain_moa"], allowed_objects=[...])``.
     """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        return ["langchain_moa"]
+
+    def to_json(self) -> Any:
+        """LangChain serialisation; agents are written as what the user passed."""
+        out = super().to_json()
+        kwargs = out.get("kwargs")
+        if isinstance(kwargs, dict):
+            if isinstance(kwargs.get("agents"), list):
+                kwargs["agents"] = [getattr(a, "spec", a) for a in kwargs["agents"]]
+            if isinstance(kwargs.get("agent"), Agent):
+                kwargs["agent"] = kwargs["agent"].spec
+        return out
 
     def __or__(self, other: Any) -> Any:
         check_pipeline_part(other)
@@ -244,47 +273,92 @@ class Result:
         return result
 
 
-class LLMStep(Step):
-    """A step that calls agents. Holds the shared sampling parameters."""
+DEFAULT_SYNC_WORKERS = 64
+"""Threads a sync fan-out (``invoke``) uses at most when neither the step nor the run
+config sets ``max_concurrency``; ``ainvoke`` runs every call at once on the event loop."""
 
-    def __init__(
-        self,
+
+class LLMStep(Step):
+    """A step that calls agents. Holds the shared sampling parameters.
+
+    ``temperature`` / ``max_tokens`` follow one rule for every agent kind (see
+    :mod:`langchain_moa._settings`): a value given to the step is sent on every call;
+    the step's default is sent unless the agent set that setting itself; ``None``
+    sends nothing.
+    """
+
+    defaults: ClassVar[tuple[float, int]] = (0.7, 2048)
+    """The step's default ``(temperature, max_tokens)``."""
+
+    temperature: float | None | _Default = DEFAULT
+    max_tokens: int | None | _Default = DEFAULT
+    max_concurrency: int | None = None
+    prices: dict[str, tuple[float, float]] | None = None
+    prompt: str | None = None
+    _forced: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _fallback: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @staticmethod
+    def check_settings(
         *,
-        temperature: float | None | _Default,
-        max_tokens: int | None,
-        max_concurrency: int | None,
-        prices: dict[str, tuple[float, float]] | None,
+        temperature: Any,
+        max_tokens: Any,
+        max_concurrency: Any,
+        prompt: Any,
         temp: float | None = None,
-        default_temperature: float | None = None,
-        prompt: str | None = None,
-    ) -> None:
+    ) -> dict[str, Any]:
+        """Validate the shared parameters (``temp`` is ``temperature``'s alias).
+
+        Raises:
+            ConfigurationError: a parameter out of range, naming it.
+        """
         if prompt is not None and not isinstance(prompt, str):
             raise ConfigurationError(f"prompt must be a string, got {type(prompt).__name__}")
-        self.prompt = prompt
-        if temperature is DEFAULT:
-            temperature = default_temperature if temp is None else temp
-        elif temp is not None:
-            if temperature is not None and temperature != temp:
+        if temp is not None:
+            if temperature is not DEFAULT and temperature != temp:
                 raise ConfigurationError("give temperature or temp (its alias), not both")
             temperature = temp
-        if temperature is not None and not 0 <= temperature <= 2:
+        if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+            if not 0 <= temperature <= 2:
+                raise ConfigurationError(f"temperature must be in [0, 2], got {temperature!r}")
+        elif temperature is not None and temperature is not DEFAULT:
             raise ConfigurationError(f"temperature must be in [0, 2], got {temperature!r}")
-        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        if max_tokens is not None and max_tokens is not DEFAULT and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+        ):
             raise ConfigurationError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
         if max_concurrency is not None and (
-            not isinstance(max_concurrency, int) or max_concurrency < 1
+            isinstance(max_concurrency, bool)
+            or not isinstance(max_concurrency, int)
+            or max_concurrency < 1
         ):
             raise ConfigurationError(
                 f"max_concurrency must be an int >= 1 or None, got {max_concurrency!r}"
             )
-        self.temperature = temperature
-        self.max_tokens = max_tokens
-        self.max_concurrency = max_concurrency
-        self.prices = prices
+        return {
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "max_concurrency": max_concurrency,
+            "prompt": prompt,
+        }
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._forced, self._fallback = step_values(self.temperature, self.max_tokens, self.defaults)
+        for agent in self.step_agents():
+            if agent._runnable is not None:
+                check_reachable(agent.name, agent._runnable, self._forced)
+
+    def step_agents(self) -> list[Agent]:
+        """The step's agents."""
+        return []
 
     @property
     def params(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "max_tokens": self.max_tokens}
+        t, m = self.defaults
+        return {
+            "temperature": t if self.temperature is DEFAULT else self.temperature,
+            "max_tokens": m if self.max_tokens is DEFAULT else self.max_tokens,
+        }
 
     def job(
         self,
@@ -293,8 +367,11 @@ class LLMStep(Step):
         messages: list[BaseMessage],
         layer: int,
         config: RunnableConfig,
+        sample: int = 0,
     ) -> Job:
-        runnable = agent.bound(config, self.temperature, self.max_tokens)
+        """One call: ``agent`` with the step's settings applied; ``sample`` (its
+        position in the step) keeps its cache entries apart from the other calls'."""
+        runnable = agent.configured(config, self._forced, self._fallback, sample)
         return Job(agent, agent_index, messages, runnable, layer)
 
     def call_config(self, job: Job, config: RunnableConfig) -> RunnableConfig:
@@ -401,10 +478,18 @@ class LLMStep(Step):
         bounds = [b for b in (self.max_concurrency, config.get("max_concurrency")) if b]
         return max(1, min([jobs, *bounds]))
 
+    def _workers(self, config: RunnableConfig, jobs: int) -> int:
+        """Threads of a sync fan-out: :meth:`_concurrency`, at most
+        :data:`DEFAULT_SYNC_WORKERS` unless a ``max_concurrency`` says otherwise."""
+        if self.max_concurrency or config.get("max_concurrency"):
+            return self._concurrency(config, jobs)
+        return max(1, min(jobs, DEFAULT_SYNC_WORKERS))
+
     def run_jobs(
         self, jobs: list[Job], report: StepReport, config: RunnableConfig
     ) -> list[Result]:
-        """Run ``jobs`` in parallel threads (at most ``max_concurrency`` at once).
+        """Run ``jobs`` in parallel threads (at most ``max_concurrency`` at once;
+        :data:`DEFAULT_SYNC_WORKERS` when no ``max_concurrency`` is set).
 
         Results come back in job order, whatever order the calls finish in.
         """
@@ -417,7 +502,11 @@ class LLMStep(Step):
                 dispatch_custom_event(CALL_EVENT, record.model_dump(), config=config)
             return result
 
-        with ContextThreadPoolExecutor(max_workers=self._concurrency(config, len(jobs))) as pool:
+        if len(jobs) == 1:
+            results = [one(jobs[0])]
+            report.calls.extend(results[0].records)
+            return results
+        with ContextThreadPoolExecutor(max_workers=self._workers(config, len(jobs))) as pool:
             results = list(pool.map(one, jobs))
         report.calls.extend(record for result in results for record in result.records)
         return results
@@ -444,17 +533,6 @@ class LLMStep(Step):
 
 def _has_tool_calls(message: Any) -> bool:
     return bool(getattr(message, "tool_calls", None))
-
-
-class _Default:
-    """Marks a ``temperature`` the caller did not give, so ``temp=`` can set it."""
-
-    def __repr__(self) -> str:
-        return "<step default>"
-
-
-DEFAULT = _Default()
-"""Default of the steps' ``temperature``: the step's own default unless ``temp`` is given."""
 
 
 def validate_positive_int(value: Any, name: str, minimum: int = 1) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import httpx
 import openai
@@ -30,6 +30,8 @@ from langchain_moa._prompts import (
     judge_messages,
 )
 from langchain_moa.errors import AggregatorError, ConfigurationError
+from langchain_moa._agents import Agent
+from langchain_moa._settings import SETTINGS
 from langchain_moa.steps._aggregate import final_message, single_agent
 from langchain_moa.steps._base import (
     DEFAULT,
@@ -58,37 +60,49 @@ class VoteJudgement(BaseModel):
 
 
 class _Judge(LLMStep):
-    schema: type[BaseModel]
-    instruction: str
-    json_hint: str
+    schema: ClassVar[type[BaseModel]]
+    instruction: ClassVar[str]
+    json_hint: ClassVar[str]
+
+    defaults: ClassVar[tuple[float, int]] = (0.0, 512)
+    agent: Agent
+    structured: Structured = "auto"
 
     def __init__(
         self,
         agent: Any,
         *,
         temperature: float | None | _Default = DEFAULT,
-        max_tokens: int | None = 512,
+        max_tokens: int | None | _Default = DEFAULT,
         temp: float | None = None,
         prompt: str | None = None,
         structured: Structured = "auto",
         client: Callable[..., Any] | None = None,
         prices: dict[str, tuple[float, float]] | None = None,
+        max_concurrency: int | None = None,
+        **extra: Any,
     ) -> None:
-        super().__init__(
+        settings = self.check_settings(
             temperature=temperature,
             max_tokens=max_tokens,
             temp=temp,
-            max_concurrency=None,
-            prices=prices,
-            default_temperature=0.0,
+            max_concurrency=max_concurrency,
             prompt=prompt,
         )
         if structured not in ("auto", "native", "json"):
             raise ConfigurationError(
                 f"structured must be 'auto', 'native' or 'json', got {structured!r}"
             )
-        self.agent = single_agent(agent, client)
-        self.structured = structured
+        super().__init__(
+            agent=single_agent(agent, client),
+            structured=structured,
+            prices=prices,
+            **settings,
+            **extra,
+        )
+
+    def step_agents(self) -> list[Agent]:
+        return [self.agent]
 
     @property
     def params(self) -> dict[str, Any]:
@@ -100,7 +114,7 @@ class _Judge(LLMStep):
         messages = judge_messages(
             state.messages, self.prompt or self.instruction, state.texts, self.json_hint
         )
-        plain = self.agent.bound(config, self.temperature, self.max_tokens)
+        plain = self.agent.configured(config, self._forced, self._fallback)
         use_native = self.structured == "native" or (
             self.structured == "auto" and not self.agent.structured_output_failed
         )
@@ -118,15 +132,21 @@ class _Judge(LLMStep):
 
     def _native(self, config: RunnableConfig) -> Runnable | None:
         model: Any = self.agent.runnable(config)
+        bound: dict[str, Any] = {}
         while isinstance(model, RunnableBinding):
+            bound = {**{k: model.kwargs[k] for k in SETTINGS if k in model.kwargs}, **bound}
             model = model.bound
         if not isinstance(model, BaseChatModel):
             return None
-        updates = {
-            k: v
-            for k, v in (("temperature", self.temperature), ("max_tokens", self.max_tokens))
-            if v is not None and k in type(model).model_fields
+        # the same rule as every call (see langchain_moa._settings), applied as fields
+        # because with_structured_output's chain would not pass bound kwargs on
+        own = set(bound) | {k for k in SETTINGS if k in model.model_fields_set}
+        params = {
+            **{k: v for k, v in self._fallback.items() if k not in own},
+            **bound,
+            **self._forced,
         }
+        updates = {k: v for k, v in params.items() if k in type(model).model_fields}
         try:
             return model.model_copy(update=updates).with_structured_output(
                 self.schema, include_raw=True
@@ -203,13 +223,14 @@ class Rank(_Judge):
             range and repeats are ignored; the raw reply is in the history).
     """
 
-    schema = RankingJudgement
-    instruction = RANK_PROMPT
-    json_hint = JSON_RANK_INSTRUCTION
+    schema: ClassVar[type[BaseModel]] = RankingJudgement
+    instruction: ClassVar[str] = RANK_PROMPT
+    json_hint: ClassVar[str] = JSON_RANK_INSTRUCTION
+
+    n: int
 
     def __init__(self, agent: Any, n: int, **kwargs: Any) -> None:
-        self.n = validate_positive_int(n, "n")
-        super().__init__(agent, **kwargs)
+        super().__init__(agent, n=validate_positive_int(n, "n"), **kwargs)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -252,9 +273,9 @@ class Vote(_Judge):
             is returned in its place.
     """
 
-    schema = VoteJudgement
-    instruction = VOTE_PROMPT
-    json_hint = JSON_VOTE_INSTRUCTION
+    schema: ClassVar[type[BaseModel]] = VoteJudgement
+    instruction: ClassVar[str] = VOTE_PROMPT
+    json_hint: ClassVar[str] = JSON_VOTE_INSTRUCTION
 
     @property
     def OutputType(self) -> Any:  # noqa: N802

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 
-from langchain_moa._agents import make_agents
+from langchain_moa._agents import Agent, make_agents
 from langchain_moa._prompts import AGGREGATE_PROMPT, REFINE_PROMPT, reference_messages, with_system
 from langchain_moa.errors import ConfigurationError, LayerFailedError
 from langchain_moa.steps._base import (
@@ -31,12 +31,17 @@ DEFAULT_MAX_TOKENS = 2048
 class _LayerStep(LLMStep):
     """Base of the candidate-producing steps; see :class:`Propose` for the arguments."""
 
+    defaults: ClassVar[tuple[float, int]] = (DEFAULT_TEMPERATURE, DEFAULT_MAX_TOKENS)
+    agents: list[Agent]
+    min_success: int = 1
+    degrade: bool = False
+
     def __init__(
         self,
         agents: Sequence[Any],
         *,
         temperature: float | None | _Default = DEFAULT,
-        max_tokens: int | None = DEFAULT_MAX_TOKENS,
+        max_tokens: int | None | _Default = DEFAULT,
         temp: float | None = None,
         prompt: str | None = None,
         min_success: int = 1,
@@ -45,23 +50,30 @@ class _LayerStep(LLMStep):
         client: Callable[..., Any] | None = None,
         prices: dict[str, tuple[float, float]] | None = None,
     ) -> None:
-        super().__init__(
+        settings = self.check_settings(
             temperature=temperature,
             max_tokens=max_tokens,
             temp=temp,
             max_concurrency=max_concurrency,
-            prices=prices,
-            default_temperature=DEFAULT_TEMPERATURE,
             prompt=prompt,
         )
-        self.agents = make_agents(agents, client)
-        self.min_success = validate_positive_int(min_success, "min_success")
-        if self.min_success > len(self.agents):
+        wrapped = make_agents(agents, client)
+        validate_positive_int(min_success, "min_success")
+        if min_success > len(wrapped):
             raise ConfigurationError(
                 f"min_success must be between 1 and the number of agents "
-                f"({len(self.agents)}), got {min_success}"
+                f"({len(wrapped)}), got {min_success}"
             )
-        self.degrade = bool(degrade)
+        super().__init__(
+            agents=wrapped,
+            min_success=min_success,
+            degrade=bool(degrade),
+            prices=prices,
+            **settings,
+        )
+
+    def step_agents(self) -> list[Agent]:
+        return self.agents
 
     @property
     def params(self) -> dict[str, Any]:
@@ -166,7 +178,10 @@ class Propose(_LayerStep):
 
     def _jobs(self, state: MoAState, layer: int, config: RunnableConfig) -> list[Job]:
         messages = with_system(state.messages, self.prompt) if self.prompt else state.messages
-        return [self.job(a, i, list(messages), layer, config) for i, a in enumerate(self.agents)]
+        return [
+            self.job(a, i, list(messages), layer, config, sample=i)
+            for i, a in enumerate(self.agents)
+        ]
 
 
 class Synthesize(_LayerStep):
@@ -185,7 +200,10 @@ class Synthesize(_LayerStep):
     def _jobs(self, state: MoAState, layer: int, config: RunnableConfig) -> list[Job]:
         _require_candidates(type(self).__name__, state)
         messages = reference_messages(state.messages, self.prompt or AGGREGATE_PROMPT, state.texts)
-        return [self.job(a, i, list(messages), layer, config) for i, a in enumerate(self.agents)]
+        return [
+            self.job(a, i, list(messages), layer, config, sample=i)
+            for i, a in enumerate(self.agents)
+        ]
 
 
 class Refine(_LayerStep):
@@ -205,7 +223,8 @@ class Refine(_LayerStep):
         for i, candidate in enumerate(state.candidates):
             agent_index = i % len(self.agents)
             messages = [*state.messages, AIMessage(content=candidate.text), HumanMessage(request)]
-            jobs.append(self.job(self.agents[agent_index], agent_index, messages, layer, config))
+            agent = self.agents[agent_index]
+            jobs.append(self.job(agent, agent_index, messages, layer, config, sample=i))
         return jobs
 
     def _candidates(

@@ -27,11 +27,17 @@ class _Transform(Step):
         raise NotImplementedError
 
 
+def _check_seed(seed: Any) -> int | None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ConfigurationError(f"seed must be an int or None, got {seed!r}")
+    return seed
+
+
 class _Random(_Transform):
-    def __init__(self, seed: int | None = None) -> None:
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ConfigurationError(f"seed must be an int or None, got {seed!r}")
-        self.seed = seed
+    seed: int | None = None
+
+    def __init__(self, seed: int | None = None, **fields: Any) -> None:
+        super().__init__(seed=_check_seed(seed), **fields)
 
     def rng(self) -> random.Random:
         return random.Random(self.seed)
@@ -67,11 +73,12 @@ class Dropout(_Random):
         ConfigurationError: ``rate`` outside [0, 1).
     """
 
+    rate: float
+
     def __init__(self, rate: float, *, seed: int | None = None) -> None:
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
             raise ConfigurationError(f"rate must be in [0, 1), got {rate!r}")
-        super().__init__(seed)
-        self.rate = float(rate)
+        super().__init__(seed, rate=float(rate))
 
     @property
     def params(self) -> dict[str, Any]:
@@ -93,9 +100,10 @@ class Sample(_Random):
         seed: makes the choice reproducible.
     """
 
+    n: int
+
     def __init__(self, n: int, *, seed: int | None = None) -> None:
-        self.n = validate_positive_int(n, "n")
-        super().__init__(seed)
+        super().__init__(seed, n=validate_positive_int(n, "n"))
 
     @property
     def params(self) -> dict[str, Any]:
@@ -115,8 +123,10 @@ class Take(_Transform):
         n: how many to keep (>= 1).
     """
 
+    n: int
+
     def __init__(self, n: int) -> None:
-        self.n = validate_positive_int(n, "n")
+        super().__init__(n=validate_positive_int(n, "n"))
 
     @property
     def params(self) -> dict[str, Any]:
@@ -142,8 +152,10 @@ class Filter(_Transform):
     (``LayerFailedError`` / ``AggregatorError``: "no candidates").
     """
 
+    fn: Callable[[str], bool]
+
     def __init__(self, fn: Callable[[str], bool]) -> None:
-        self.fn = _check_callable(fn, "fn")
+        super().__init__(fn=_check_callable(fn, "fn"))
 
     @property
     def params(self) -> dict[str, Any]:
@@ -163,8 +175,10 @@ class Map(_Transform):
         TypeError: at run time, when ``fn`` returns something other than a str.
     """
 
+    fn: Callable[[str], str]
+
     def __init__(self, fn: Callable[[str], str]) -> None:
-        self.fn = _check_callable(fn, "fn")
+        super().__init__(fn=_check_callable(fn, "fn"))
 
     @property
     def params(self) -> dict[str, Any]:

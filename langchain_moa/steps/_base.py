@@ -342,11 +342,15 @@ class LLMStep(Step):
             "prompt": prompt,
         }
 
-    def model_post_init(self, context: Any, /) -> None:
-        self._forced, self._fallback = step_values(self.temperature, self.max_tokens, self.defaults)
+    def __init__(self, **fields: Any) -> None:
+        super().__init__(**fields)
+        # outside pydantic's validation, so the error is a ConfigurationError
         for agent in self.step_agents():
             if agent._runnable is not None:
                 check_reachable(agent.name, agent._runnable, self._forced)
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._forced, self._fallback = step_values(self.temperature, self.max_tokens, self.defaults)
 
     def step_agents(self) -> list[Agent]:
         """The step's agents."""

@@ -7,6 +7,12 @@ preset             layers                                       calls (6 propose
 ``moa_lite``       Propose 6 -> Aggregate (2)                   7
 ``self_moa``       Propose k x one model -> Aggregate (2)       k + 1
 ``robust_moa``     Propose -> Shuffle -> Dropout -> Aggregate   proposers + 1
+``self_moa_seq``   Propose k -> SequentialAggregate (window w)  k + 1 + ceil((k-w)/(w-1))
+``self_consistency`` Propose k x one model -> MajorityVote      k
+``adaptive_consistency`` AdaptiveMajorityVote                   2 .. max_samples
+``fusion``         Propose -> Fusion (judge, writer)            proposers + 2
+``rsa``            Propose N -> RecursiveAggregate(K, T) -> MajorityVote / Aggregate
+                                                                N + N*T (+1)
 =================  ===========================================  ====================
 
 Sources: Wang et al. 2024, "Mixture-of-Agents Enhances Large Language Model
@@ -15,9 +21,14 @@ open-source proposers and Qwen1.5-110B-Chat as the final aggregator; MoA-Lite us
 2 layers and Qwen1.5-72B-Chat; temperature 0.7. (mixture-llm's own presets put one
 Synthesize layer too many into both.) Li et al. 2025, "Rethinking Mixture-of-Agents:
 Is Mixing Different LLMs Beneficial?" (arXiv 2502.00674): Self-MoA samples one
-top model several times and aggregates with the same model.
+top model several times and aggregates with the same model; Self-MoA-Seq aggregates
+over a sliding window. Wang et al. 2022 (self-consistency, arXiv 2203.11171) and
+Aggarwal et al. 2023 (Adaptive-Consistency, arXiv 2305.11860) take the majority of
+extracted answers; Venkatraman et al. 2025 (RSA, arXiv 2509.26626) recursively
+aggregates random subsets of a population; Fusion follows OpenRouter's judge-then-writer.
 
-Every preset returns a Runnable ending in ``Aggregate``, so its output is an
+Every preset returns a Runnable ending in a final step (``Aggregate``, ``MajorityVote``,
+``Fusion``, ...), so its output is an
 ``AIMessage`` whose ``usage_metadata`` sums the whole run. The default agents are the
 papers' models on Together AI (``TOGETHER_API_KEY``); pass your own for anything else.
 """
@@ -31,7 +42,18 @@ from langchain_core.runnables import Runnable
 
 from langchain_moa._run import pipeline
 from langchain_moa.errors import ConfigurationError
-from langchain_moa.steps import Aggregate, Dropout, Propose, Shuffle, Synthesize
+from langchain_moa.steps import (
+    AdaptiveMajorityVote,
+    Aggregate,
+    Dropout,
+    Fusion,
+    MajorityVote,
+    Propose,
+    RecursiveAggregate,
+    SequentialAggregate,
+    Shuffle,
+    Synthesize,
+)
 from langchain_moa.steps._base import validate_positive_int
 
 __all__ = [
@@ -41,6 +63,11 @@ __all__ = [
     "moa_lite",
     "self_moa",
     "robust_moa",
+    "self_moa_seq",
+    "self_consistency",
+    "adaptive_consistency",
+    "fusion",
+    "rsa",
 ]
 
 PAPER_PROPOSERS: list[str] = [
@@ -183,3 +210,139 @@ def robust_moa(
     """
     middle = [Shuffle(seed=seed), Dropout(dropout, seed=seed)]
     return _build("robust_moa", proposers, aggregator, middle, **options)
+
+
+def _references(options: PresetOptions) -> dict[str, Any]:
+    return {
+        "temperature": options.get("temperature", 0.7),
+        "client": options.get("client"),
+        "max_tokens": options.get("reference_max_tokens", 2048),
+        "max_concurrency": options.get("max_concurrency"),
+    }
+
+
+def _final(options: PresetOptions) -> dict[str, Any]:
+    return {
+        "temperature": options.get("temperature", 0.7),
+        "client": options.get("client"),
+        "max_tokens": options.get("aggregator_max_tokens", 2048),
+    }
+
+
+def self_moa_seq(
+    model: Any,
+    k: int = 6,
+    window: int = 3,
+    aggregator: Any = None,
+    **options: Unpack[PresetOptions],
+) -> Runnable:
+    """Self-MoA-Seq (Li et al. 2025, §5): ``k`` samples of one model, aggregated through
+    a sliding window of ``window`` texts (the synthesis so far + ``window - 1`` new
+    samples per call), so the aggregator's prompt stays bounded for any ``k``.
+
+    Calls: ``k + 1 + ceil((k - window) / (window - 1))`` (k + 1 when k <= window).
+    """
+    k = validate_positive_int(k, "k")
+    final = SequentialAggregate(
+        model if aggregator is None else aggregator, window=window, **_final(options)
+    )
+    steps = [Propose([model] * k, **_references(options)), final]
+    return pipeline(steps).with_config(run_name="self_moa_seq")
+
+
+def self_consistency(
+    model: Any, k: int = 5, extract: Any = "number", **options: Unpack[PresetOptions]
+) -> Runnable:
+    """Self-consistency (Wang et al. 2022): ``k`` samples of one model, then the
+    majority of their extracted answers (:class:`MajorityVote`, no extra call).
+
+    ``extract``: ``"number"``, ``"choice"``, an extractor or a callable text -> answer.
+    Calls: ``k``.
+    """
+    k = validate_positive_int(k, "k")
+    steps = [Propose([model] * k, **_references(options)), MajorityVote(extract)]
+    return pipeline(steps).with_config(run_name="self_consistency")
+
+
+def adaptive_consistency(
+    model: Any,
+    max_samples: int = 5,
+    extract: Any = "number",
+    **options: Unpack[PresetOptions],
+) -> Runnable:
+    """Adaptive-Consistency (Aggarwal et al. 2023): samples drawn one round at a time
+    until the majority is settled (:class:`AdaptiveMajorityVote` with its defaults:
+    2 samples first, then 1 per round, stop at a 0.7 share or when the leader cannot
+    be overtaken). Calls: 2 .. ``max_samples``.
+    """
+    refs = _references(options)
+    step = AdaptiveMajorityVote(
+        model,
+        extract=extract,
+        max_samples=max_samples,
+        temperature=refs["temperature"],
+        max_tokens=refs["max_tokens"],
+        max_concurrency=refs["max_concurrency"],
+        client=refs["client"],
+    )
+    return step.with_config(run_name="adaptive_consistency")
+
+
+def fusion(
+    proposers: Sequence[Any],
+    judge: Any,
+    writer: Any = None,
+    **options: Unpack[PresetOptions],
+) -> Runnable:
+    """Fusion (OpenRouter style): Propose -> :class:`Fusion` (a judge's structured
+    analysis of the candidates, then a writer's answer; the writer defaults to the
+    judge). Calls: ``len(proposers) + 2``.
+    """
+    if not proposers:
+        raise ConfigurationError(f"proposers must be a non-empty list of agents, got {proposers!r}")
+    final = _final(options)
+    step = Fusion(
+        judge,
+        writer,
+        writer_temperature=final["temperature"],
+        writer_max_tokens=final["max_tokens"],
+        client=final["client"],
+    )
+    return pipeline([Propose(list(proposers), **_references(options)), step]).with_config(
+        run_name="fusion"
+    )
+
+
+def rsa(
+    model: Any,
+    n: int = 4,
+    k: int = 2,
+    rounds: int = 2,
+    *,
+    extract: Any = None,
+    seed: int | None = None,
+    **options: Unpack[PresetOptions],
+) -> Runnable:
+    """Recursive self-aggregation (Venkatraman et al. 2025): a population of ``n``
+    samples of ``model``; ``rounds`` rounds in which each of the ``n`` members is
+    rewritten by ``model`` from a random subset of ``k`` (seedable); then the final
+    population's majority answer (``extract`` given: :class:`MajorityVote`, no call)
+    or one :class:`Aggregate` call over it (``extract=None``).
+
+    Calls: ``n + n * rounds`` (+1 with ``extract=None``).
+    """
+    n = validate_positive_int(n, "n")
+    refs = _references(options)
+    population = Propose([model] * n, **refs)
+    recombine = RecursiveAggregate(
+        model,
+        k=k,
+        rounds=rounds,
+        seed=seed,
+        temperature=refs["temperature"],
+        max_tokens=refs["max_tokens"],
+        max_concurrency=refs["max_concurrency"],
+        client=refs["client"],
+    )
+    final = MajorityVote(extract) if extract is not None else Aggregate(model, **_final(options))
+    return pipeline([population, recombine, final]).with_config(run_name="rsa")

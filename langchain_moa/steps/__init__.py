@@ -3,8 +3,11 @@
 from langchain_moa.steps._aggregate import Aggregate
 from langchain_moa.steps._consensus import AdaptiveMajorityVote, MajorityVote
 from langchain_moa.steps._extract import ChoiceAnswer, JsonFieldAnswer, NumberAnswer, RegexAnswer
+from langchain_moa.steps._fusion import Fusion, FusionAnalysis
 from langchain_moa.steps._judges import Rank, Vote
 from langchain_moa.steps._layers import Propose, Refine, Synthesize
+from langchain_moa.steps._recursive import RecursiveAggregate
+from langchain_moa.steps._sequential import SequentialAggregate
 from langchain_moa.steps._transforms import Dropout, Filter, Map, Sample, Shuffle, Take
 
 __all__ = [
@@ -27,4 +30,9 @@ __all__ = [
     "ChoiceAnswer",
     "RegexAnswer",
     "JsonFieldAnswer",
+    # aggregation beyond one call: judge-then-writer, recursive, sliding window
+    "Fusion",
+    "FusionAnalysis",
+    "RecursiveAggregate",
+    "SequentialAggregate",
 ]

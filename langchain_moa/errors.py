@@ -16,8 +16,18 @@ The hierarchy::
         ├── NoDeploymentAvailableError  every deployment failed, is disabled, or the
         │                               deadline passed while all were cooling down;
         │                               ``.errors`` maps deployment -> last error
-        └── DeploymentDisabledError     a permanent error (401/403 bad key, 404 unknown
-                                        model) disabled the deployment
+        ├── DeploymentDisabledError     a permanent error (401/403 bad key, 404 unknown
+        │                               model) disabled the deployment
+        ├── InvalidRequestError         the request cannot be sent as given (a lone
+        │                               surrogate in the prompt, a value the client
+        │                               rejects); raised before anything is sent and
+        │                               never counted against a deployment. Also a
+        │                               ``langchain_core`` ``ModelInvalidRequestError``
+        │                               (not retryable)
+        └── StreamInterruptedError      a stream ended badly after its first token (cut,
+                                        closed without ``finish_reason``); the tokens
+                                        already yielded cannot be taken back. Also a
+                                        ``langchain_core`` ``ModelAPIError`` (retryable)
 
 Provider HTTP errors themselves are the SDK's (``openai.APIStatusError`` and friends);
 the router classifies them (see :mod:`langchain_moa.router`).
@@ -26,6 +36,8 @@ the router classifies them (see :mod:`langchain_moa.router`).
 from __future__ import annotations
 
 from typing import Any
+
+from langchain_core.exceptions import ModelAPIError, ModelInvalidRequestError
 
 __all__ = [
     "MoAError",
@@ -37,6 +49,8 @@ __all__ = [
     "RouterError",
     "NoDeploymentAvailableError",
     "DeploymentDisabledError",
+    "InvalidRequestError",
+    "StreamInterruptedError",
 ]
 
 
@@ -120,3 +134,24 @@ class NoDeploymentAvailableError(RouterError):
 
 class DeploymentDisabledError(RouterError):
     """A deployment was disabled by a permanent error (bad key, unknown model)."""
+
+
+class InvalidRequestError(RouterError, ModelInvalidRequestError):
+    """The request cannot be sent as given: it failed to encode or validate on the
+    client (e.g. a lone surrogate ``"\\ud800"`` in the prompt). Raised at once, before
+    anything is sent; no deployment's health or stats change. ``__cause__`` is the
+    original error. LangChain's ``ModelRetryMiddleware`` does not retry it."""
+
+
+class StreamInterruptedError(RouterError, ModelAPIError):
+    """A streamed answer broke after its first token: the connection was cut, or the
+    stream ended without a ``finish_reason``. The chunks already yielded are all there
+    is; the router cannot fall over without repeating them.
+
+    Attributes:
+        deployment: the deployment that was streaming.
+    """
+
+    def __init__(self, message: str, deployment: str = "") -> None:
+        super().__init__(message)
+        self.deployment = deployment

@@ -31,7 +31,9 @@ Faults: :meth:`Fault.ok`, :meth:`Fault.status` (and the shortcuts
 :meth:`~Fault.unauthorized`, :meth:`~Fault.forbidden`, :meth:`~Fault.model_not_found`,
 :meth:`~Fault.context_length_exceeded`, :meth:`~Fault.bad_request`),
 :meth:`Fault.slow`, :meth:`Fault.drop`, :meth:`Fault.malformed`,
-:meth:`Fault.stream_cut_before_first_token`, :meth:`Fault.stream_cut_after_first_token`.
+:meth:`Fault.stream_cut_before_first_token`, :meth:`Fault.stream_cut_after_first_token`,
+:meth:`Fault.not_sse`, :meth:`Fault.stream_empty`, :meth:`Fault.stream_without_finish`,
+:meth:`Fault.echo_auth`.
 Error bodies have OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
 
 The default reply text identifies the request — ``"[<server>#<n>] <last user message>"``
@@ -331,6 +333,29 @@ class Fault:
         the connection mid-body (no chunked terminator), before any content token.
         A non-streaming request gets 200 headers with a ``Content-Length`` and no body."""
         return cls("cut_before_first_token", role_chunk=role_chunk)
+
+    @classmethod
+    def not_sse(cls) -> Fault:
+        """Answer a streaming request with a plain ``application/json`` chat completion
+        (not server-sent events), as a misconfigured proxy does. Non-streaming: ``ok``."""
+        return cls("not_sse")
+
+    @classmethod
+    def stream_empty(cls) -> Fault:
+        """Streaming: SSE headers, then ``data: [DONE]`` and a clean end, no chunk at all."""
+        return cls("stream_empty")
+
+    @classmethod
+    def stream_without_finish(cls, text: str = "Partial answer") -> Fault:
+        """Streaming: the opening chunk and ``text`` as content chunks, then ``[DONE]`` and
+        a clean end of the body, but no chunk with a ``finish_reason`` (cut short upstream)."""
+        return cls("stream_without_finish", text=text)
+
+    @classmethod
+    def echo_auth(cls, code: int = 401) -> Fault:
+        """HTTP ``code`` whose error message echoes the request's ``Authorization`` header
+        (as some gateways do); for key-redaction tests."""
+        return cls("echo_auth", status_code=code)
 
     @classmethod
     def stream_cut_after_first_token(cls, text: str = "Partial") -> Fault:
@@ -816,6 +841,33 @@ class _Handler(BaseHTTPRequestHandler):
                 when = math.ceil(time.time() + fault.retry_after_date_s)
                 headers["Retry-After"] = email.utils.formatdate(when, usegmt=True)
             self._send_json(record, fault.status_code, fault.body, headers)
+        elif fault.kind == "not_sse":
+            if record.stream:
+                self._json_ok(fs, record, Fault.ok())
+            else:
+                self._json_ok(fs, record, fault)
+        elif fault.kind == "stream_empty":
+            if not record.stream:
+                self._json_ok(fs, record, Fault.ok())
+                return
+            self._start_sse(record)
+            self._chunk(b"data: [DONE]\n\n")
+            self._write(b"0\r\n\r\n")
+        elif fault.kind == "stream_without_finish":
+            if not record.stream:
+                self._json_ok(fs, record, Fault.ok(fault.text))
+                return
+            record.text = fault.text
+            self._start_sse(record)
+            self._event(fs, record, {"role": "assistant", "content": "", "refusal": None})
+            for piece in _word_pieces(fault.text or ""):
+                self._event(fs, record, {"content": piece})
+            self._chunk(b"data: [DONE]\n\n")
+            self._write(b"0\r\n\r\n")
+        elif fault.kind == "echo_auth":
+            auth = record.headers.get("authorization", "")
+            self._send_json(record, fault.status_code, error_body(
+                fault.status_code, message=f"Invalid credentials in header: {auth}"))
         elif fault.kind == "drop":
             self._sever()
         elif fault.kind == "malformed":

@@ -24,7 +24,13 @@ from langchain_core.runnables.config import var_child_runnable_config
 
 from langchain_moa.errors import ConfigurationError, MissingAPIKeyError
 from langchain_moa.router._deployment import Deployment
-from langchain_moa.router._health import BREAKER_KINDS, RetryPolicy, backoff
+from langchain_moa.router._health import (
+    BREAKER_KINDS,
+    MalformedResponseError,
+    RetryPolicy,
+    backoff,
+    is_client_side,
+)
 from langchain_moa.router._limits import Lease
 from langchain_moa.router._outcome import Outcomes
 from langchain_moa.router._planner import Planner
@@ -42,6 +48,52 @@ def _has_token(chunk: ChatGenerationChunk) -> bool:
     if isinstance(m, AIMessageChunk) and m.tool_call_chunks:
         return True
     return bool(m.additional_kwargs.get("function_call") or m.additional_kwargs.get("tool_calls"))
+
+
+def _finish_reason(chunk: ChatGenerationChunk) -> Any:
+    info = chunk.generation_info or {}
+    meta = chunk.message.response_metadata or {}
+    return info.get("finish_reason") or meta.get("finish_reason") or meta.get("stop_reason")
+
+
+def _needs_finish_reason(llm: BaseChatModel) -> bool:
+    """OpenAI-compatible streams (``BaseChatOpenAI``) end with a chunk carrying
+    ``finish_reason``; one that ends without it was cut short. Other chat models are
+    not held to it. (Checked by class name: importing langchain-openai costs ~1 s.)"""
+    streams = type(llm)._stream is not BaseChatModel._stream
+    return streams and any(
+        c.__name__ == "BaseChatOpenAI" and c.__module__.startswith("langchain_openai")
+        for c in type(llm).__mro__
+    )
+
+
+class _StreamWatch:
+    """What a stream has shown so far: a token? a ``finish_reason``? Decides whether
+    its end is a complete answer (:meth:`problem`)."""
+
+    def __init__(self, needs_finish: bool) -> None:
+        self.needs_finish = needs_finish
+        self.token = False
+        self.finished = False
+
+    def see(self, c: ChatGenerationChunk) -> bool:
+        """Note chunk ``c``; whether it carries a token (content or a tool call)."""
+        if _finish_reason(c):
+            self.finished = True
+        t = _has_token(c)
+        self.token = self.token or t
+        return t
+
+    def problem(self) -> str | None:
+        """Why the stream's end is not a complete answer (``None``: it is)."""
+        if not self.token and not self.finished:
+            return (
+                "the stream ended without any token or finish_reason (an empty stream, "
+                "or a 200 reply that is not server-sent events)"
+            )
+        if self.needs_finish and not self.finished:
+            return "the stream closed without a finish_reason (cut short)"
+        return None
 
 
 def _to_chunk(gen: ChatGeneration) -> ChatGenerationChunk:
@@ -192,6 +244,7 @@ class Attempts:
             self.outcomes.failed(req, d, e, 0.0, probe=False)  # disables, names the variable
         except BaseException as e:  # noqa: BLE001
             self.outcomes.failed(req, d, e, 0.0, probe=False)
+        req.sent_at = None
         lease, probe = self.planner.gate(req, d)
         return llm, kw, lease, probe
 
@@ -206,7 +259,9 @@ class Attempts:
         after_first: bool = False,
     ) -> NoReturn:
         lease.release()
-        self.outcomes.failed(req, d, exc, time.monotonic() - t0, probe, after_first)
+        self.outcomes.failed(
+            req, d, exc, time.monotonic() - t0, probe, after_first, sent_at=req.sent_at
+        )
         raise exc  # not reached: failed() always raises
 
     # ------------------------------------------------------------------ invoke
@@ -224,7 +279,7 @@ class Attempts:
             )
         except BaseException as e:  # noqa: BLE001
             self._fail(req, d, lease, e, t0, probe)
-        return self._invoke_end(req, d, lease, t0, result)
+        return self._invoke_end(req, d, lease, t0, result, probe)
 
     async def ainvoke(
         self, req: Request, d: Deployment, retry: int, messages: list[BaseMessage]
@@ -239,7 +294,7 @@ class Attempts:
             result = await asyncio.wait_for(llm._agenerate(messages, stop=req.stop, **kw), timeout)
         except BaseException as e:  # noqa: BLE001
             self._fail(req, d, lease, e, t0, probe)
-        return self._invoke_end(req, d, lease, t0, result)
+        return self._invoke_end(req, d, lease, t0, result, probe)
 
     # ------------------------------------------------------------------ stream
     def stream(
@@ -252,6 +307,7 @@ class Attempts:
         t0 = time.monotonic()
         buffered: list[ChatGenerationChunk] = []
         ended = False
+        watch = _StreamWatch(_needs_finish_reason(llm))
         try:
             timeout = attempt_timeout(req, d)
             it = iter(_inner_stream(llm, messages, req.stop, kw))
@@ -261,8 +317,10 @@ class Attempts:
                     ended = True
                     break
                 buffered.append(c)
-                if _has_token(c):
+                if watch.see(c):
                     break
+            if ended and not watch.token and (why := watch.problem()):
+                raise MalformedResponseError(why)
         except BaseException as e:  # noqa: BLE001
             self._fail(req, d, lease, e, t0, probe)
         ttft = time.monotonic() - t0
@@ -273,11 +331,14 @@ class Attempts:
                 yield c
             if not ended:
                 for c in it:
+                    watch.see(c)
                     acc = _add(acc, c)
                     yield c
+            if why := watch.problem():
+                raise MalformedResponseError(why)
         except BaseException as e:  # noqa: BLE001
             self._fail(req, d, lease, e, t0, probe, after_first=True)
-        yield self._stream_end(req, d, lease, t0, ttft, acc)
+        yield self._stream_end(req, d, lease, t0, ttft, acc, probe)
 
     async def astream(
         self, req: Request, d: Deployment, retry: int, messages: list[BaseMessage]
@@ -289,6 +350,7 @@ class Attempts:
         t0 = time.monotonic()
         buffered: list[ChatGenerationChunk] = []
         ended = False
+        watch = _StreamWatch(_needs_finish_reason(llm))
         try:
             timeout = attempt_timeout(req, d)
             it = _ainner_stream(llm, messages, req.stop, kw).__aiter__()
@@ -299,8 +361,10 @@ class Attempts:
                     ended = True
                     break
                 buffered.append(c)
-                if _has_token(c):
+                if watch.see(c):
                     break
+            if ended and not watch.token and (why := watch.problem()):
+                raise MalformedResponseError(why)
         except BaseException as e:  # noqa: BLE001
             self._fail(req, d, lease, e, t0, probe)
         ttft = time.monotonic() - t0
@@ -311,19 +375,23 @@ class Attempts:
                 yield c
             if not ended:
                 async for c in it:
+                    watch.see(c)
                     acc = _add(acc, c)
                     yield c
+            if why := watch.problem():
+                raise MalformedResponseError(why)
         except BaseException as e:  # noqa: BLE001
             self._fail(req, d, lease, e, t0, probe, after_first=True)
-        yield self._stream_end(req, d, lease, t0, ttft, acc)
+        yield self._stream_end(req, d, lease, t0, ttft, acc, probe)
 
     def _invoke_end(
-        self, req: Request, d: Deployment, lease: Lease, t0: float, result: ChatResult
+        self, req: Request, d: Deployment, lease: Lease, t0: float, result: ChatResult,
+        probe: bool,
     ) -> AIMessage:
         """Record the answer; its ``response_metadata`` carries the decision."""
         latency = time.monotonic() - t0
         decision = self.outcomes.succeeded(
-            req, d, result.generations[0].message, lease, latency, None
+            req, d, result.generations[0].message, lease, latency, None, probe, req.sent_at
         )
         return _finish_message(result, d, decision)
 
@@ -335,11 +403,14 @@ class Attempts:
         t0: float,
         ttft: float,
         acc: ChatGenerationChunk | None,
+        probe: bool,
     ) -> ChatGenerationChunk:
         """Record the finished stream; the last chunk carries the decision."""
         msg = acc.message if acc is not None else AIMessageChunk(content="")
         latency = time.monotonic() - t0
-        decision = self.outcomes.succeeded(req, d, msg, lease, latency, ttft)  # type: ignore[arg-type]
+        decision = self.outcomes.succeeded(
+            req, d, msg, lease, latency, ttft, probe, req.sent_at  # type: ignore[arg-type]
+        )
         return _final_chunk(acc, d, decision)
 
 

@@ -38,9 +38,10 @@ import email.utils
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import httpx
 from langchain_core import exceptions as lc_exc
@@ -55,6 +56,7 @@ __all__ = [
     "DEFAULT_RETRY_POLICY",
     "BREAKER_KINDS",
     "classify_error",
+    "is_client_side",
     "parse_retry_after",
 ]
 
@@ -261,11 +263,17 @@ def classify_error(exc: BaseException, now: float | None = None) -> ErrorInfo:
     if isinstance(exc, lc_exc.ContextOverflowError):
         status, _, _ = _status_and_headers(exc)
         return ErrorInfo("context_length", status or 400, None, msg)
-    if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError):
+    if isinstance(
+        exc, openai.APIResponseValidationError | json.JSONDecodeError | MalformedResponseError
+    ):
         return ErrorInfo("malformed", getattr(exc, "status_code", None), None, msg)
     status, headers, text = _status_and_headers(exc)
     if status is None:
         status = next((st for cls, st in _LC_ERROR_STATUS if isinstance(exc, cls)), None)
+    if status is None and isinstance(exc, lc_exc.ModelError):
+        # a standard LangChain model error not listed above: its own retryability
+        # decides (as for LangChain v1's ModelRetryMiddleware)
+        return ErrorInfo("server" if exc.is_retryable else "bad_request", None, None, msg)
     if status is None:
         return ErrorInfo("unknown", None, None, msg)
     if status == 429:
@@ -285,7 +293,31 @@ def classify_error(exc: BaseException, now: float | None = None) -> ErrorInfo:
     return ErrorInfo("unknown", status, None, msg)
 
 
+class MalformedResponseError(Exception):
+    """A reply that cannot be a complete answer: a stream with no chunk, a 200 body
+    that is not server-sent events, a stream closed without ``finish_reason``.
+    Classified ``malformed`` (counts toward the circuit breaker, falls over)."""
+
+
+def is_client_side(exc: BaseException) -> bool:
+    """Whether ``exc`` is the request's own fault, found before anything was sent:
+    the prompt does not encode (``UnicodeError``, e.g. a lone surrogate) or does not
+    validate (``pydantic.ValidationError``), or it is already an
+    :class:`~langchain_moa.errors.InvalidRequestError`. Such errors are raised at
+    once and never touch a deployment's health."""
+    from pydantic import ValidationError
+
+    from langchain_moa.errors import InvalidRequestError
+
+    return isinstance(exc, UnicodeError | ValidationError | InvalidRequestError)
+
+
 # --------------------------------------------------------------------------- health
+#
+# One record per deployment, changed only by :func:`transition`. The record is a
+# plain JSON-able dict (so a shared store can keep it as one string) with the keys
+# of :data:`RECORD_KEYS`; :func:`claim` and :func:`apply` are the only two
+# functions the router passes to ``RouterStore.health_update``.
 
 
 def backoff(attempt: int, initial: float, maximum: float) -> float:
@@ -318,102 +350,147 @@ def probe_timeout(cfg: HealthConfig, attempt_timeout: float | None) -> float:
     return max(cfg.probe_timeout, 2 * (attempt_timeout or 30.0))
 
 
-def state_of(rec: dict[str, Any], now: float) -> tuple[str, float | None]:
-    """The displayed state and the time it ends (``None``: no end)."""
+STATES = ("healthy", "cooling", "open", "half-open", "disabled")
+"""Health states. ``cooling``: a 429's Retry-After (or backoff) window; ``open``: the
+circuit breaker's window; ``half-open``: the open window ended, one probe may go."""
+
+RECORD_KEYS = (
+    "state",  # one of STATES (as stored; see settle() for the time-derived state)
+    "until",  # epoch s: end of the cooling / open window (None: no window)
+    "since",  # epoch s: when the current window was set or last extended
+    "failures",  # consecutive circuit-breaker failures
+    "rate_limits",  # consecutive 429s (exponent of the backoff without Retry-After)
+    "opens",  # times the circuit opened since it last closed
+    "probe_at",  # epoch s: the half-open probe in flight was sent then (None: no probe)
+    "reason",  # why the deployment is cooling / open / disabled
+    "last_error",  # the last error's message (keys redacted)
+)
+"""Keys of a health record (missing keys take their defaults)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened to a deployment; build with the class methods.
+
+    Attributes:
+        kind: ``"sent"`` (a request was admitted; ``probe``: it is the half-open
+            probe), ``"succeeded"``, ``"failed"`` (``error``: the classified error),
+            ``"probe_lost"`` (the probe was never sent or its answer will never
+            come), ``"enabled"`` (``ProviderRouter.enable``: the operator's reset).
+        probe: the request was the half-open probe.
+        error: the classified error of a ``failed`` event.
+        disable_reason: for ``auth`` / ``not_found`` errors, the message naming the
+            key variable or the model.
+    """
+
+    kind: Literal["sent", "succeeded", "failed", "probe_lost", "enabled"]
+    probe: bool = False
+    error: ErrorInfo | None = None
+    disable_reason: str = ""
+
+    @classmethod
+    def sent(cls, probe: bool = False) -> Event:
+        return cls("sent", probe=probe)
+
+    @classmethod
+    def succeeded(cls, probe: bool = False) -> Event:
+        return cls("succeeded", probe=probe)
+
+    @classmethod
+    def failed(cls, error: ErrorInfo, probe: bool = False, disable_reason: str = "") -> Event:
+        return cls("failed", probe=probe, error=error, disable_reason=disable_reason)
+
+    @classmethod
+    def probe_lost(cls) -> Event:
+        return cls("probe_lost")
+
+    @classmethod
+    def enabled(cls) -> Event:
+        return cls("enabled")
+
+
+def settle(rec: dict[str, Any], now: float) -> dict[str, Any]:
+    """The record as of ``now``: a ``cooling`` window that has ended is ``healthy``,
+    an ``open`` window that has ended is ``half-open`` (no probe yet). Pure."""
+    rec = dict(rec)
     state = rec.get("state", "healthy")
     until = rec.get("until")
-    if state == "disabled":
-        return "disabled", None
-    if state == "cooling":
-        return ("cooling", until) if until and now < until else ("healthy", None)
-    if state == "open":
-        return ("open", until) if until and now < until else ("half-open", None)
-    return state, None
-
-
-def claim(
-    rec: dict[str, Any], now: float, cfg: HealthConfig, stale_after: float | None = None
-) -> tuple[dict[str, Any], tuple[bool, str, float | None, bool]]:
-    """Ask to send a request now. Pure function for :meth:`RouterStore.health_update`.
-
-    ``stale_after`` (s, default ``cfg.probe_timeout``): age at which a half-open
-    probe in flight counts as lost (:func:`probe_timeout` of the deployment).
-    Returns ``(new_record, (allowed, reason, ready_at, is_probe))``; ``ready_at`` is
-    when to ask again (``None``: never, the deployment is disabled).
-    """
-    limit = cfg.probe_timeout if stale_after is None else stale_after
-    rec = dict(rec)
-    state = rec.get("state", "healthy")
-    until = rec.get("until") or 0.0
-    if state == "disabled":
-        return rec, (False, f"disabled: {rec.get('reason', '')}", None, False)
-    if state == "cooling":
-        if now < until:
-            return rec, (
-                False,
-                f"cooling down ({rec.get('reason', '')}) for {until - now:.2f} s",
-                until,
-                False,
-            )
+    if state == "cooling" and (until is None or now >= until):
         rec["state"] = "healthy"
         rec.pop("until", None)
-        return rec, (True, "", None, False)
-    if state == "open":
-        if now < until:
-            return rec, (
-                False,
-                f"circuit open ({rec.get('reason', '')}) for {until - now:.2f} s",
-                until,
-                False,
-            )
-        state = rec["state"] = "half-open"
+    elif state == "open" and (until is None or now >= until):
+        rec["state"] = "half-open"
+        rec.pop("until", None)
         rec.pop("probe_at", None)
-    if state == "half-open":
-        probe_at = rec.get("probe_at")
-        if probe_at is not None and now - probe_at < limit:
-            return rec, (False, "half-open: probe in flight", now + 0.05, False)
-        rec["probe_at"] = now
-        return rec, (True, "", None, True)
-    return rec, (True, "", None, False)
+    return rec
 
 
-def unclaim(rec: dict[str, Any]) -> tuple[dict[str, Any], None]:
-    """Give back a probe claim that was never used (the request was not sent)."""
-    rec = dict(rec)
-    rec.pop("probe_at", None)
-    return rec, None
+def _extend(rec: dict[str, Any], state: str, until: float, now: float, reason: str) -> None:
+    """Set a window ending at ``until`` unless the running one ends later (a window's
+    end only ever moves later)."""
+    old = rec.get("until")
+    if old is not None and old >= until:
+        if state == "open" and rec.get("state") == "cooling":
+            # the circuit opens inside a longer Retry-After window: keep its end
+            rec.update(state="open", reason=reason, since=now)
+        return
+    rec.update(state=state, until=until, since=now, reason=reason)
 
 
-def record_success(rec: dict[str, Any]) -> tuple[dict[str, Any], None]:
-    rec = dict(rec)
-    if rec.get("state") == "disabled":
-        return rec, None
-    if rec.get("state") in ("half-open", "open") or rec.get("failures"):
-        rec = {"state": "healthy", "opens": 0}
-    elif rec.get("state") == "cooling":
-        pass  # a request sent before the 429 finished; keep the Retry-After window
-    else:
-        rec["state"] = "healthy"
-    rec["failures"] = 0
-    rec["rate_limits"] = 0
-    rec.pop("probe_at", None)
-    return rec, None
+def transition(rec: dict[str, Any], event: Event, now: float, cfg: HealthConfig) -> dict[str, Any]:
+    """The one function that changes a deployment's health record. Pure.
 
+    Invariants (the table in ``tests/unit_tests/test_router_health.py``):
 
-def record_failure(
-    rec: dict[str, Any], info: ErrorInfo, now: float, cfg: HealthConfig, disable_reason: str = ""
-) -> tuple[dict[str, Any], str]:
-    """Apply an error to the record; returns the resulting state name."""
-    rec = dict(rec)
-    rec["last_error"] = info.message
-    was_probe = rec.get("state") == "half-open"
-    rec.pop("probe_at", None)
-    if rec.get("state") == "disabled":
-        return rec, "disabled"
+    * a window's end (``until``) only ever moves later: no event but ``enabled``
+      shortens or removes a cooling / open window that is still running;
+    * a success never ends a running window (a request sent before a 429 may
+      answer after it: defect "late success wipes a cooldown"); in ``half-open``
+      only the probe's success closes the circuit;
+    * opening the circuit keeps the longer of ``circuit_cooldown`` and a running
+      Retry-After window;
+    * at most one probe: ``probe_at`` is set only by ``sent(probe=True)`` in
+      ``half-open`` and cleared by the probe's end or ``probe_lost``;
+    * ``disabled`` stays until ``enabled``.
+    """
+    rec = settle(rec, now)
+    state = rec.get("state", "healthy")
+    kind = event.kind
+    if kind == "enabled":
+        return {"state": "healthy"}
+    if kind == "failed" and event.error is not None:
+        rec["last_error"] = event.error.message
+    if state == "disabled":
+        return rec
+    if kind == "sent":
+        if event.probe and state == "half-open" and rec.get("probe_at") is None:
+            rec["probe_at"] = now
+        return rec
+    if kind == "probe_lost":
+        rec.pop("probe_at", None)
+        return rec
+    if kind == "succeeded":
+        if state == "half-open":
+            if event.probe:  # the probe answered: close the circuit
+                return {"state": "healthy", "last_error": rec.get("last_error", "")}
+            return rec  # a request sent before the circuit opened: the probe decides
+        if state == "healthy":
+            rec["failures"] = 0
+            rec["rate_limits"] = 0
+        elif state == "cooling":
+            rec["failures"] = 0  # the window stays: the 429 came after this was sent
+        return rec
+    # failed
+    info = event.error
+    assert info is not None, "a failed event carries its ErrorInfo"
+    was_probe = event.probe and state == "half-open"
+    if was_probe:
+        rec.pop("probe_at", None)
     if info.kind in DISABLE_KINDS:
-        rec.update(state="disabled", reason=disable_reason or info.message)
-        rec.pop("until", None)
-        return rec, "disabled"
+        rec.update(state="disabled", reason=event.disable_reason or info.message, since=now)
+        for k in ("until", "probe_at"):
+            rec.pop(k, None)
+        return rec
     if info.kind == "rate_limit":
         n = int(rec.get("rate_limits", 0)) + 1
         rec["rate_limits"] = n
@@ -422,28 +499,146 @@ def record_failure(
         else:
             delay = backoff(n, cfg.rate_limit_initial, cfg.rate_limit_max)
             why = f"429 without Retry-After, backoff #{n}"
-        until = now + delay
-        # never shorten an existing window (several 429s in flight)
-        if rec.get("state") in ("cooling", "open") and (rec.get("until") or 0) > until:
-            return rec, rec["state"]
-        rec.update(state="cooling", until=until, reason=why)
-        return rec, "cooling"
+        if state == "half-open":
+            rec.pop("probe_at", None)  # any 429 ends the half-open state: wait it out
+            rec["state"] = "cooling"
+        new_state = "open" if rec.get("state") == "open" else "cooling"
+        _extend(rec, new_state, now + delay, now, why)
+        return rec
     if info.kind in BREAKER_KINDS:
         n = int(rec.get("failures", 0)) + 1
         rec["failures"] = n
-        if was_probe or n >= cfg.failure_threshold:
-            opens = int(rec.get("opens", 0)) + 1
-            rec.update(
-                state="open",
-                until=now + cfg.circuit_cooldown,
-                opens=opens,
-                reason=("half-open probe failed: " if was_probe else f"{n} consecutive failures: ")
-                + info.kind,
+        if state == "open":
+            return rec  # sent before the circuit opened; the window stands
+        if state == "half-open":
+            if not was_probe:
+                return rec  # sent before the circuit opened: the probe decides
+            why = f"half-open probe failed: {info.kind}"
+        elif n >= cfg.failure_threshold:
+            why = f"{n} consecutive failures: {info.kind}"
+        else:
+            return rec
+        rec["opens"] = int(rec.get("opens", 0)) + 1
+        if state == "half-open":
+            rec["state"] = "healthy"  # no window runs: open a fresh one
+        _extend(rec, "open", now + cfg.circuit_cooldown, now, why)
+        return rec
+    if was_probe:  # the probe got an answer (e.g. a 400): the server is alive
+        return {"state": "healthy", "last_error": rec.get("last_error", "")}
+    return rec
+
+
+class Claim(NamedTuple):
+    """The health gate's answer to "may a request be sent to this deployment now?".
+
+    Attributes:
+        allowed: send it.
+        reason: why not (empty when allowed).
+        ready_at: epoch s when to ask again (``None``: never, disabled).
+        probe: the request is the half-open circuit's single probe.
+        at: the time (epoch s) the decision was taken, inside the store's atomic
+            update (the admission time).
+    """
+
+    allowed: bool
+    reason: str
+    ready_at: float | None
+    probe: bool
+    at: float = 0.0
+
+
+def admission(rec: dict[str, Any], now: float, stale_after: float) -> Claim:
+    """Decide whether a request may be sent now (a value; changes nothing)."""
+    rec = settle(rec, now)
+    state = rec.get("state", "healthy")
+    until = rec.get("until") or 0.0
+    why = rec.get("reason", "")
+    if state == "disabled":
+        return Claim(False, f"disabled: {why}", None, False, now)
+    if state == "cooling":
+        return Claim(False, f"cooling down ({why}) for {until - now:.2f} s", until, False, now)
+    if state == "open":
+        return Claim(False, f"circuit open ({why}) for {until - now:.2f} s", until, False, now)
+    if state == "half-open":
+        probe_at = rec.get("probe_at")
+        if probe_at is not None and now - probe_at < stale_after:
+            return Claim(
+                False, "half-open: probe in flight", min(now + 0.05, probe_at + stale_after),
+                False, now,
             )
-            return rec, "open"
-        if was_probe:
-            rec["state"] = "half-open"
-        return rec, rec.get("state", "healthy")
-    if was_probe:  # probe answered (e.g. bad request): the server is alive
-        rec.update(state="healthy", failures=0)
-    return rec, rec.get("state", "healthy")
+        return Claim(True, "", None, True, now)
+    return Claim(True, "", None, False, now)
+
+
+def claim(
+    rec: dict[str, Any], now: float | None, cfg: HealthConfig, stale_after: float | None = None
+) -> tuple[dict[str, Any], Claim]:
+    """Ask to send a request; for :meth:`RouterStore.health_update` (pure but for the
+    clock: ``now=None`` reads ``time.time()`` inside the store's atomic update, so the
+    admission time is ordered with every other change of the record).
+
+    ``stale_after`` (s, default ``cfg.probe_timeout``): age at which a half-open
+    probe in flight counts as lost (:func:`probe_timeout` of the deployment); the
+    lost probe's claim goes to this request. Returns ``(new_record, Claim)``.
+    """
+    t = time.time() if now is None else now
+    limit = cfg.probe_timeout if stale_after is None else stale_after
+    decision = admission(rec, t, limit)
+    if not decision.allowed:
+        return settle(rec, t), decision
+    if decision.probe and settle(rec, t).get("probe_at") is not None:
+        rec = transition(rec, Event.probe_lost(), t, cfg)
+    return transition(rec, Event.sent(decision.probe), t, cfg), decision
+
+
+def apply(
+    event: Event, cfg: HealthConfig, now: float | None = None
+) -> Callable[[dict[str, Any]], tuple[dict[str, Any], str]]:
+    """``record -> (new_record, displayed state)`` for :meth:`RouterStore.health_update`;
+    ``now=None`` reads the clock inside the store's atomic update."""
+
+    def fn(rec: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        t = time.time() if now is None else now
+        new = transition(rec, event, t, cfg)
+        return new, state_of(new, t)[0]
+
+    return fn
+
+
+def state_of(rec: dict[str, Any], now: float) -> tuple[str, float | None]:
+    """The displayed state and the time it ends (``None``: no end)."""
+    rec = settle(rec, now)
+    state = rec.get("state", "healthy")
+    if state in ("cooling", "open"):
+        return state, rec.get("until")
+    return state, None
+
+
+# ---- the record-level helpers the router used before `transition` (kept as thin
+# ---- wrappers for readability in tests)
+
+
+def unclaim(rec: dict[str, Any]) -> tuple[dict[str, Any], None]:
+    """Give back a probe claim that was never used (the request was not sent)."""
+    return transition(rec, Event.probe_lost(), time.time(), HealthConfig()), None
+
+
+def record_success(
+    rec: dict[str, Any], probe: bool = False, now: float | None = None
+) -> tuple[dict[str, Any], None]:
+    """Apply a success (see :func:`transition`)."""
+    t = time.time() if now is None else now
+    return transition(rec, Event.succeeded(probe), t, HealthConfig()), None
+
+
+def record_failure(
+    rec: dict[str, Any],
+    info: ErrorInfo,
+    now: float,
+    cfg: HealthConfig,
+    disable_reason: str = "",
+    probe: bool = False,
+) -> tuple[dict[str, Any], str]:
+    """Apply an error (see :func:`transition`); returns the new displayed state."""
+    new = transition(rec, Event.failed(info, probe, disable_reason), now, cfg)
+    return new, state_of(new, now)[0]

@@ -4,24 +4,28 @@ or raise to the caller) by the retry policy of the error's kind (see :mod:`._hea
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk
 
-from langchain_moa.errors import DeploymentDisabledError
+from langchain_moa.errors import (
+    DeploymentDisabledError,
+    InvalidRequestError,
+    StreamInterruptedError,
+)
 from langchain_moa.router._deployment import Deployment
 from langchain_moa.router._health import (
     BREAKER_KINDS,
+    Event,
     HealthConfig,
     RetryPolicy,
+    apply,
     classify_error,
-    record_failure,
-    record_success,
-    unclaim,
+    is_client_side,
 )
 from langchain_moa.router._limits import Lease
+from langchain_moa.router._redact import Redactor
 from langchain_moa.router._request import STOP_SIGNALS, Failover, Request, context_skip
 from langchain_moa.router._stats import DeploymentStats
 from langchain_moa.router._store import RouterStore
@@ -45,6 +49,18 @@ def _disable_reason(d: Deployment, kind: str, status: int | None, message: str) 
     return ""
 
 
+def _queue_meta(req: Request) -> dict[str, Any]:
+    """The admission queue's part of the decision: time queued, what limited."""
+    q = req.queue
+    return {
+        "queued_s": round(req.queued_s, 4),
+        "limited_by": q.get("limited_by"),
+        "limited_deployment": q.get("limited_deployment"),
+        "position": q.get("position"),
+        "waits": q.get("waits", 0),
+    }
+
+
 @dataclass
 class Outcomes:
     """Records successes and failures of the attempts of one router's requests.
@@ -54,12 +70,36 @@ class Outcomes:
         stats: per deployment name, its counters.
         health_cfg: circuit breaker / cooldown settings.
         policies: retry policy per error kind (``failover=False`` raises at once).
+        redactor: masks the router's API keys in every error before it is
+            classified, recorded (stats, health, attempt log) or raised.
     """
 
     store: RouterStore
     stats: dict[str, DeploymentStats]
     health_cfg: HealthConfig
     policies: dict[str, RetryPolicy]
+    redactor: Redactor
+
+    def client_side(
+        self, req: Request, d: Deployment, exc: BaseException, probe: bool
+    ) -> InvalidRequestError:
+        """An error raised before anything was sent (encoding, validation): give back
+        a probe claim and return the :class:`InvalidRequestError` to raise at once.
+        Health and stats are not touched (the deployment did nothing wrong)."""
+        name = str(d.name)
+        if probe:
+            self.store.health_update(name, apply(Event.probe_lost(), self.health_cfg))
+        self.redactor.exception(exc)
+        req.attempts.append(
+            {"deployment": name, "outcome": "invalid_request", "error": str(exc)[:500],
+             "pass": req.passes}
+        )
+        err = InvalidRequestError(
+            f"the request cannot be sent ({type(exc).__name__}: {exc}); nothing was sent "
+            "and no deployment was charged with it"
+        )
+        err.__cause__ = exc
+        return err
 
     def failed(
         self,
@@ -69,21 +109,26 @@ class Outcomes:
         latency: float,
         probe: bool,
         after_first: bool = False,
+        sent_at: float | None = None,
     ) -> None:
         """Record a failed attempt and raise what the policy says (always raises):
-        ``exc`` itself (stop signals, bad requests, errors after the first streamed
-        token, no other deployment can take the request) or ``Failover``."""
+        ``exc`` itself, keys redacted (stop signals, bad requests, no other deployment
+        can take the request), :class:`InvalidRequestError` (a client-side error:
+        nothing was sent, health untouched), :class:`StreamInterruptedError` (the
+        stream broke after its first token) or ``Failover``."""
         name = str(d.name)
         if isinstance(exc, STOP_SIGNALS):
             if probe:
-                self.store.health_update(name, unclaim)
+                self.store.health_update(name, apply(Event.probe_lost(), self.health_cfg))
             raise exc
+        if is_client_side(exc):
+            raise self.client_side(req, d, exc, probe) from exc
+        self.redactor.exception(exc)
         info = classify_error(exc)
         self.stats[name].failure(info.kind, info.message, latency)
         disable_reason = _disable_reason(d, info.kind, info.status, info.message)
-        now = time.time()
         state = self.store.health_update(
-            name, lambda r: record_failure(r, info, now, self.health_cfg, disable_reason)
+            name, apply(Event.failed(info, probe, disable_reason), self.health_cfg)
         )
         err: Any = exc
         if disable_reason:
@@ -101,6 +146,8 @@ class Outcomes:
             {
                 "deployment": name,
                 "outcome": "error",
+                "sent_at": sent_at,
+                "probe": probe,
                 "error_kind": info.kind,
                 "status": info.status,
                 "retry_after_s": info.retry_after,
@@ -112,7 +159,11 @@ class Outcomes:
             }
         )
         if after_first:
-            raise exc
+            raise StreamInterruptedError(
+                f"the stream from deployment {name!r} broke after its first token "
+                f"({info.message}); the chunks already yielded are all there is",
+                deployment=name,
+            ) from exc
         policy = self.policies[info.kind]
         if not policy.failover:
             raise exc
@@ -134,6 +185,8 @@ class Outcomes:
         lease: Lease,
         latency: float,
         ttft: float | None,
+        probe: bool = False,
+        sent_at: float | None = None,
     ) -> dict[str, Any]:
         """Record a success, settle and release ``lease``; returns the routing decision
         (``response_metadata["router"]``)."""
@@ -143,7 +196,7 @@ class Outcomes:
         prices = d.prices()
         cost = (tin * prices[0] + tout * prices[1]) / 1e6 if prices else None
         self.stats[name].success(latency, ttft, tin, tout, cost)
-        self.store.health_update(name, record_success)
+        self.store.health_update(name, apply(Event.succeeded(probe), self.health_cfg))
         if usage:
             lease.reconcile_tokens(tin + tout)
         lease.release()
@@ -151,6 +204,8 @@ class Outcomes:
             {
                 "deployment": name,
                 "outcome": "ok",
+                "sent_at": sent_at,
+                "probe": probe,
                 "latency_s": round(latency, 4),
                 "ttft_s": None if ttft is None else round(ttft, 4),
                 "pass": req.passes,
@@ -165,6 +220,7 @@ class Outcomes:
             "passes": req.passes,
             "waited_s": round(req.waited_s, 4),
             "queued_s": round(req.queued_s, 4),
+            "queue": _queue_meta(req),
             "cost_usd": cost,
             "prompt_tokens_estimate": req.prompt_tokens,
         }

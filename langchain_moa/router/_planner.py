@@ -172,8 +172,10 @@ class Planner:
             self.note_skip(req, d, f"limit: {why}")
             raise Failover(name, why)
         stale_after = self._probe_timeout(req, d)
-        allowed, reason, ready_at, is_probe = self.store.health_update(
-            name, lambda r: claim(r, now, self.health_cfg, stale_after)
+        # the clock is read inside the store's atomic update (now=None), so the
+        # admission time is ordered with every cooldown the store records
+        allowed, reason, ready_at, is_probe, req.sent_at = self.store.health_update(
+            name, lambda r: claim(r, None, self.health_cfg, stale_after)
         )
         if not allowed:
             lease.release(refund=True)

@@ -87,6 +87,10 @@ class Request:
     skipped_once: set[str] = field(default_factory=set)
     skip_counts: dict[str, int] = field(default_factory=dict)
     exhausted: set[str] = field(default_factory=set)
+    sent_at: float | None = None
+    """Admission time (epoch s) of the attempt in progress, from the health claim."""
+    waiter: Any = None  # its place in the planner's admission queue (a _queue.Waiter)
+    queue: dict[str, Any] = field(default_factory=dict)  # queue metadata (see Planner)
 
     def new_pass(self) -> None:
         """Forget what blocked the previous pass."""

@@ -46,7 +46,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
-from langchain_moa.errors import ConfigurationError
+from langchain_moa.errors import ConfigurationError, InvalidRequestError
 from langchain_moa.router._attempt import Attempt, Attempts
 from langchain_moa.router._deployment import Deployment
 from langchain_moa.router._health import (
@@ -60,6 +60,7 @@ from langchain_moa.router._health import (
 from langchain_moa.router._limits import Limits
 from langchain_moa.router._outcome import Outcomes
 from langchain_moa.router._planner import Planner
+from langchain_moa.router._redact import Redactor
 from langchain_moa.router._request import Failover, Request, estimate_tokens
 from langchain_moa.router._stats import DeploymentStats
 from langchain_moa.router._store import InMemoryStore, RouterStore
@@ -243,7 +244,7 @@ class ProviderRouter(BaseChatModel):
         self._by_name = {str(d.name): d for d in self.deployments}
         shared = {"store": self._store, "stats": self._stats, "health_cfg": health_cfg}
         self._planner = Planner(**shared, policies=policies, seed=self.seed)
-        outcomes = Outcomes(**shared, policies=policies)
+        outcomes = Outcomes(**shared, policies=policies, redactor=Redactor(self.deployments))
         self._attempts = Attempts(self._planner, outcomes, policies)
 
     # ------------------------------------------------------------------ LangChain glue
@@ -448,6 +449,7 @@ class ProviderRouter(BaseChatModel):
         kwargs: dict[str, Any],
         streaming: bool,
     ) -> Request:
+        _check_encodable(messages)
         kwargs = dict(kwargs)
         strategy = kwargs.pop("strategy", None) or self.strategy
         _check_strategy(strategy)
@@ -617,6 +619,27 @@ class ProviderRouter(BaseChatModel):
                 await self._planner.asleep(req, self._planner.next_wait(req))
         finally:
             self._planner.release_pending(req)
+
+
+def _check_encodable(messages: list[BaseMessage]) -> None:
+    """Raise :class:`InvalidRequestError` at once when a message's text cannot be sent
+    as UTF-8 (a lone surrogate such as ``"\\ud800"``): nothing is sent and no
+    deployment is charged with a failure."""
+    for i, m in enumerate(messages):
+        parts = [m.content] if isinstance(m.content, str) else [
+            p if isinstance(p, str) else (p.get("text") if isinstance(p, dict) else None)
+            for p in m.content
+        ]
+        for text in parts:
+            if not isinstance(text, str):
+                continue
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidRequestError(
+                    f"message {i} ({m.type}) cannot be encoded as UTF-8 at character "
+                    f"{exc.start} ({exc.reason}); nothing was sent"
+                ) from exc
 
 
 def _with_parser(llm: Runnable, parser: Runnable, include_raw: bool) -> Runnable:

@@ -16,6 +16,7 @@ from langchain_moa.errors import (
     ConfigurationError,
     DeploymentDisabledError,
     NoDeploymentAvailableError,
+    StreamInterruptedError,
 )
 from langchain_moa.router import Deployment, InMemoryStore, ProviderRouter, RetryPolicy
 from tests.unit_tests.moa_fakes import Gauge, ScriptedChat, ToolJudge
@@ -376,10 +377,11 @@ class TestStreaming:
         b = ScriptedChat(replies=["never"])
         router = router_of(ScriptedChat(replies=["one two three"], fail_mid_stream=True), b)
         got = []
-        with pytest.raises(RuntimeError, match="mid-stream"):
+        with pytest.raises(StreamInterruptedError, match="after its first token") as err:
             for c in router.stream("q"):
                 got.append(c.content)
         assert got == ["one"] and b.calls == []
+        assert isinstance(err.value.__cause__, RuntimeError) and err.value.deployment == "a"
 
     async def test_astream_falls_over_and_records_ttft(self) -> None:
         router = router_of(ScriptedChat(replies=[rate_limited()]), ScriptedChat(replies=["a b c"]))
@@ -389,9 +391,10 @@ class TestStreaming:
 
     async def test_astream_after_first_token_raises(self) -> None:
         router = router_of(ScriptedChat(replies=["x y z"], fail_mid_stream=True), ScriptedChat())
-        with pytest.raises(RuntimeError):
+        with pytest.raises(StreamInterruptedError) as err:
             async for _ in router.astream("q"):
                 pass
+        assert "mid-stream" in str(err.value.__cause__)
 
 
 class _Runs(BaseCallbackHandler):

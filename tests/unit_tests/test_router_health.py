@@ -1,4 +1,4 @@
-"""Error classification, Retry-After parsing and circuit-breaker transitions (pure functions)."""
+"""Error classification, Retry-After parsing and the health transition table (pure functions)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ from langchain_moa.errors import MissingAPIKeyError
 from langchain_moa.router import classify_error, parse_retry_after
 from langchain_moa.router._health import (
     ErrorInfo,
+    Event,
     HealthConfig,
     claim,
     record_failure,
     record_success,
+    settle,
     state_of,
+    transition,
     unclaim,
 )
 from tests.unit_tests.router_fakes import (
@@ -144,101 +147,213 @@ CFG = HealthConfig(
 )
 
 
-def fail(rec, kind="server", now=NOW, retry_after=None):  # type: ignore[no-untyped-def]
-    rec, state = record_failure(rec, ErrorInfo(kind, 500, retry_after, kind), now, CFG)
-    return rec, state
+def err(kind: str, retry_after: float | None = None) -> ErrorInfo:
+    status = {"server": 500, "rate_limit": 429, "auth": 401, "bad_request": 400}.get(kind)
+    return ErrorInfo(kind, status, retry_after, f"{kind} error")
 
 
-class TestBreaker:
-    def test_opens_after_threshold_consecutive_failures(self) -> None:
-        rec: dict = {}
-        rec, s1 = fail(rec)
-        rec, s2 = fail(rec)
-        assert (s1, s2) == ("healthy", "healthy")
-        rec, s3 = fail(rec)
-        assert s3 == "open"
-        assert state_of(rec, NOW + 1) == ("open", NOW + 10)
+# ----------------------------------------------------------------- the transition table
+# Records as they stand at NOW (the names say what they are).
+RECORDS: dict[str, dict] = {
+    "healthy": {},
+    "healthy, 2 failures": {"failures": 2},
+    "cooling 5 s": {"state": "cooling", "until": NOW + 5, "rate_limits": 1, "reason": "429"},
+    "cooling 30 s, 2 failures": {"state": "cooling", "until": NOW + 30, "failures": 2},
+    "cooling 5 s, 2 failures": {"state": "cooling", "until": NOW + 5, "failures": 2},
+    "open 10 s": {"state": "open", "until": NOW + 10, "failures": 3, "opens": 1},
+    "half-open": {"state": "open", "until": NOW - 1, "failures": 3, "opens": 1},
+    "half-open, probe out": {"state": "half-open", "probe_at": NOW - 1, "failures": 3},
+    "disabled": {"state": "disabled", "reason": "bad key"},
+}
+EVENTS: dict[str, Event] = {
+    "sent": Event.sent(),
+    "sent probe": Event.sent(probe=True),
+    "succeeded": Event.succeeded(),
+    "probe succeeded": Event.succeeded(probe=True),
+    "500": Event.failed(err("server")),
+    "probe 500": Event.failed(err("server"), probe=True),
+    "429 RA 2": Event.failed(err("rate_limit", 2.0)),
+    "429 RA 30": Event.failed(err("rate_limit", 30.0)),
+    "401": Event.failed(err("auth"), disable_reason="check GROQ_API_KEY"),
+    "probe 400": Event.failed(err("bad_request"), probe=True),
+    "probe lost": Event.probe_lost(),
+    "enabled": Event.enabled(),
+}
+# (record, event) -> (displayed state, window end as seconds after NOW or None)
+TABLE: list[tuple[str, str, str, float | None]] = [
+    ("healthy", "sent", "healthy", None),
+    ("healthy", "succeeded", "healthy", None),
+    ("healthy", "500", "healthy", None),
+    ("healthy", "429 RA 2", "cooling", 2),
+    ("healthy", "429 RA 30", "cooling", 30),
+    ("healthy", "401", "disabled", None),
+    ("healthy", "probe 400", "healthy", None),
+    ("healthy", "probe lost", "healthy", None),
+    ("healthy, 2 failures", "500", "open", 10),
+    ("healthy, 2 failures", "succeeded", "healthy", None),
+    # defect 1: a success from a request sent before the 429 keeps the window
+    ("cooling 5 s", "succeeded", "cooling", 5),
+    ("cooling 5 s", "probe succeeded", "cooling", 5),
+    ("cooling 5 s", "sent", "cooling", 5),
+    ("cooling 5 s", "500", "cooling", 5),
+    ("cooling 5 s", "429 RA 2", "cooling", 5),  # never shortened
+    ("cooling 5 s", "429 RA 30", "cooling", 30),  # extended
+    ("cooling 5 s", "401", "disabled", None),
+    ("cooling 5 s", "enabled", "healthy", None),  # the operator's reset
+    # defect 2: the circuit opens inside a longer Retry-After window and keeps it
+    ("cooling 30 s, 2 failures", "500", "open", 30),
+    ("cooling 5 s, 2 failures", "500", "open", 10),
+    ("open 10 s", "sent", "open", 10),
+    ("open 10 s", "succeeded", "open", 10),
+    ("open 10 s", "probe succeeded", "open", 10),
+    ("open 10 s", "500", "open", 10),
+    ("open 10 s", "429 RA 2", "open", 10),
+    ("open 10 s", "429 RA 30", "open", 30),
+    ("open 10 s", "401", "disabled", None),
+    ("half-open", "sent probe", "half-open", None),
+    ("half-open", "succeeded", "half-open", None),  # only the probe's success closes
+    ("half-open", "probe succeeded", "healthy", None),
+    ("half-open", "500", "half-open", None),  # sent before the circuit opened
+    ("half-open", "probe 500", "open", 10),
+    ("half-open", "probe 400", "healthy", None),  # the server answered
+    ("half-open", "429 RA 2", "cooling", 2),
+    ("half-open, probe out", "sent probe", "half-open", None),
+    ("half-open, probe out", "probe lost", "half-open", None),
+    ("half-open, probe out", "probe succeeded", "healthy", None),
+    ("half-open, probe out", "probe 500", "open", 10),
+    ("half-open, probe out", "429 RA 30", "cooling", 30),
+    ("disabled", "succeeded", "disabled", None),
+    ("disabled", "probe succeeded", "disabled", None),
+    ("disabled", "429 RA 30", "disabled", None),
+    ("disabled", "500", "disabled", None),
+    ("disabled", "enabled", "healthy", None),
+]
 
-    def test_success_resets_the_count(self) -> None:
-        rec: dict = {}
-        rec, _ = fail(rec)
-        rec, _ = fail(rec)
-        rec, _ = record_success(rec)
-        rec, s = fail(rec)
-        assert s == "healthy"
 
+@pytest.mark.parametrize(("record", "event", "state", "until"), TABLE)
+def test_transition_table(record: str, event: str, state: str, until: float | None) -> None:
+    new = transition(RECORDS[record], EVENTS[event], NOW, CFG)
+    expected_until = None if until is None else NOW + until
+    assert state_of(new, NOW) == (state, expected_until)
+
+
+@pytest.mark.parametrize("record", list(RECORDS))
+@pytest.mark.parametrize("event", [e for e in EVENTS if e != "enabled"])
+def test_a_running_window_only_ever_moves_later(record: str, event: str) -> None:
+    """Every (state, event) pair: no event but ``enabled`` shortens a running window."""
+    old = settle(RECORDS[record], NOW)
+    new = transition(RECORDS[record], EVENTS[event], NOW, CFG)
+    if old.get("until") is not None and new.get("state") != "disabled":
+        assert new.get("until") is not None and new["until"] >= old["until"]
+
+
+@pytest.mark.parametrize("record", list(RECORDS))
+@pytest.mark.parametrize("event", list(EVENTS))
+def test_at_most_one_probe_claim(record: str, event: str) -> None:
+    """``probe_at`` is set only by the probe's ``sent`` in half-open without a probe out,
+    and an existing claim is never replaced by a transition."""
+    old = settle(RECORDS[record], NOW)
+    new = transition(RECORDS[record], EVENTS[event], NOW, CFG)
+    if new.get("probe_at") is not None:
+        assert new["state"] == "half-open"
+        if old.get("probe_at") is None:
+            assert event == "sent probe" and old.get("state") == "half-open"
+        else:
+            assert new["probe_at"] == old["probe_at"]
+
+
+def test_every_table_row_is_a_known_pair() -> None:
+    assert all(r in RECORDS and e in EVENTS for r, e, _, _ in TABLE)
+    assert len({(r, e) for r, e, _, _ in TABLE}) == len(TABLE)
+
+
+def test_defect_1_late_success_after_429_keeps_the_window() -> None:
+    """a6952f6: 500, then 429 Retry-After 5, then a 200 from a request in flight reset the
+    deployment to healthy; the next request went out 0.26 s after the 429."""
+    rec, _ = record_failure({}, err("server"), NOW, CFG)
+    rec, _ = record_failure(rec, err("rate_limit", 5.0), NOW + 0.1, CFG)
+    rec, _ = record_success(rec, now=NOW + 0.2)
+    assert state_of(rec, NOW + 0.36) == ("cooling", NOW + 5.1)
+    _, c = claim(rec, NOW + 0.36, CFG)
+    assert not c.allowed and c.ready_at == NOW + 5.1
+
+
+def test_defect_2_opening_the_circuit_keeps_a_longer_retry_after() -> None:
+    """a6952f6: 429 Retry-After 5, then 500s opened the circuit for 1 s: the probe went
+    out 1.5 s after the 429."""
+    cfg = HealthConfig(failure_threshold=1, circuit_cooldown=1.0)
+    rec, _ = record_failure({}, err("rate_limit", 5.0), NOW, cfg)
+    rec, state = record_failure(rec, err("server"), NOW + 0.1, cfg)
+    assert state == "open" and state_of(rec, NOW + 1.5) == ("open", NOW + 5)
+    assert not claim(rec, NOW + 1.5, cfg)[1].allowed
+
+
+# ----------------------------------------------------------------- the gate (claim)
+class TestClaim:
     def test_open_refuses_then_half_open_lets_exactly_one_probe(self) -> None:
-        rec: dict = {}
-        for _ in range(3):
-            rec, _ = fail(rec)
-        rec, (ok, reason, ready_at, probe) = claim(rec, NOW + 5, CFG)
-        assert not ok and "circuit open" in reason and ready_at == NOW + 10
-        rec, (ok, _, _, probe) = claim(rec, NOW + 10.5, CFG)
-        assert ok and probe
-        rec, (ok2, reason2, _, _) = claim(rec, NOW + 10.6, CFG)
-        assert not ok2 and "probe in flight" in reason2
+        rec = RECORDS["open 10 s"]
+        rec, c = claim(rec, NOW + 5, CFG)
+        assert not c.allowed and "circuit open" in c.reason and c.ready_at == NOW + 10
+        rec, c = claim(rec, NOW + 10.5, CFG)
+        assert c.allowed and c.probe and c.at == NOW + 10.5
+        rec, c2 = claim(rec, NOW + 10.6, CFG)
+        assert not c2.allowed and "probe in flight" in c2.reason
 
     def test_probe_success_closes(self) -> None:
-        rec: dict = {}
-        for _ in range(3):
-            rec, _ = fail(rec)
-        rec, _ = claim(rec, NOW + 11, CFG)
-        rec, _ = record_success(rec)
-        assert state_of(rec, NOW + 11) == ("healthy", None)
-        rec, (ok, *_rest) = claim(rec, NOW + 11, CFG)
-        assert ok
-
-    def test_probe_failure_reopens(self) -> None:
-        rec: dict = {}
-        for _ in range(3):
-            rec, _ = fail(rec)
-        rec, _ = claim(rec, NOW + 11, CFG)
-        rec, s = fail(rec, now=NOW + 11)
-        assert s == "open" and state_of(rec, NOW + 12) == ("open", NOW + 21)
+        rec, _ = claim(RECORDS["half-open"], NOW, CFG)
+        rec, _ = record_success(rec, probe=True, now=NOW + 0.5)
+        assert state_of(rec, NOW + 0.5) == ("healthy", None)
+        assert claim(rec, NOW + 0.5, CFG)[1].allowed
 
     def test_unclaimed_probe_can_be_claimed_again(self) -> None:
-        rec: dict = {}
-        for _ in range(3):
-            rec, _ = fail(rec)
-        rec, (ok, *_r) = claim(rec, NOW + 11, CFG)
+        rec, c = claim(RECORDS["half-open"], NOW, CFG)
         rec, _ = unclaim(rec)
-        rec, (ok2, *_r2) = claim(rec, NOW + 11, CFG)
-        assert ok and ok2
+        rec, c2 = claim(rec, NOW, CFG)
+        assert c.probe and c2.probe and c2.allowed
+
+    def test_stale_probe_counts_as_lost(self) -> None:
+        rec, c = claim(RECORDS["half-open"], NOW, CFG, stale_after=60)
+        _, late = claim(rec, NOW + 59, CFG, stale_after=60)
+        rec, taken = claim(rec, NOW + 61, CFG, stale_after=60)
+        assert c.probe and not late.allowed and taken.allowed and taken.probe
+        assert rec["probe_at"] == NOW + 61
+
+    def test_now_none_reads_the_clock_inside_the_update(self) -> None:
+        import time
+
+        t0 = time.time()
+        _, c = claim({}, None, CFG)
+        assert c.allowed and t0 <= c.at <= time.time()
 
     def test_rate_limit_cooldown_uses_retry_after(self) -> None:
-        rec, s = fail({}, kind="rate_limit", retry_after=4.0)
+        rec, s = record_failure({}, err("rate_limit", 4.0), NOW, CFG)
         assert s == "cooling" and state_of(rec, NOW + 3.9) == ("cooling", NOW + 4)
         assert state_of(rec, NOW + 4.0) == ("healthy", None)
-        _, (ok, reason, ready_at, _) = claim(rec, NOW + 1, CFG)
-        assert not ok and "Retry-After 4" in reason and ready_at == NOW + 4
+        _, c = claim(rec, NOW + 1, CFG)
+        assert not c.allowed and "Retry-After 4" in c.reason and c.ready_at == NOW + 4
 
     def test_rate_limit_without_header_backs_off_exponentially_with_jitter(self) -> None:
         rec: dict = {}
         delays = []
-        for _ in range(5):
-            rec, _ = fail(rec, kind="rate_limit", now=NOW)
-            delays.append(rec["until"] - NOW)
-            rec["until"] = NOW  # let the next one start fresh
+        for i in range(5):
+            t = NOW + 100 * i  # each 429 after the previous window ended
+            rec, _ = record_failure(rec, err("rate_limit"), t, CFG)
+            delays.append(rec["until"] - t)
         # initial=1, jitter up to 1 s, doubling, capped at 8
         assert 1.0 <= delays[0] <= 2.0
         assert 2.0 <= delays[1] <= 3.0
         assert 4.0 <= delays[2] <= 5.0
         assert delays[3] == pytest.approx(8.0) and delays[4] == pytest.approx(8.0)
 
-    def test_shorter_retry_after_never_shortens_window(self) -> None:
-        rec, _ = fail({}, kind="rate_limit", retry_after=10.0)
-        rec, _ = fail(rec, kind="rate_limit", retry_after=1.0)
-        assert rec["until"] == NOW + 10
-
     def test_rate_limits_do_not_count_toward_breaker(self) -> None:
         rec: dict = {}
         for _ in range(5):
-            rec, s = fail(rec, kind="rate_limit", retry_after=0.0)
+            rec, _ = record_failure(rec, err("rate_limit", 0.0), NOW, CFG)
         assert rec.get("failures", 0) == 0
 
     @pytest.mark.parametrize("kind", ["auth", "not_found"])
     def test_permanent_errors_disable(self, kind: str) -> None:
-        rec, s = fail({}, kind=kind)
+        rec, s = record_failure({}, err(kind), NOW, CFG)
         assert s == "disabled"
-        _, (ok, reason, ready_at, _) = claim(rec, NOW + 10_000, CFG)
-        assert not ok and ready_at is None and reason.startswith("disabled")
+        _, c = claim(rec, NOW + 10_000, CFG)
+        assert not c.allowed and c.ready_at is None and c.reason.startswith("disabled")

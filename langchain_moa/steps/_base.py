@@ -78,7 +78,13 @@ class _StepMeta(ModelMetaclass):
                 f"{cls.__name__} was put in a pipeline as a class; use an instance, "
                 f"e.g. {cls.__name__}(...)"
             )
-        return super().__call__(*args, **kwargs)
+        # ``name`` is every Runnable's field; LangChain's configurable_fields passes it
+        # back when it rebuilds a step, so each step's __init__ need not name it.
+        name = kwargs.pop("name", None)
+        step = super().__call__(*args, **kwargs)
+        if name is not None:
+            step.name = name
+        return step
 
 
 def check_pipeline_part(other: Any) -> None:
@@ -150,6 +156,8 @@ class Step(RunnableSerializable[Any, Any], metaclass=_StepMeta):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}({args})"
+
+    __str__ = __repr__
 
     # -- running: subclasses implement _run (sync) and _arun (async) ---------
 

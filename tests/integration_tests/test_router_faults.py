@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage
 
+from langchain_moa import errors as moa_errors
 from langchain_moa.errors import RouterError
 from langchain_moa.providers import PROVIDERS, Provider
 from langchain_moa.router import Deployment, ProviderRouter
@@ -550,3 +551,149 @@ def test_function_calling_strict_reaches_the_wire(fault_server_factory) -> None:
         assert body["tools"][0]["function"]["name"] == "Answer"
         assert body["tools"][0]["function"]["strict"] is True
         assert "strict" not in body
+
+
+# --------------------------------------------------------------------------- issue 7 regressions
+# Each test below fails on a6952f6 (the defect's number in issue 7 is in its docstring).
+
+
+async def test_late_success_does_not_end_a_retry_after_window(fault_server_factory) -> None:
+    """Defect 1: a 500, then a 429 Retry-After 5, then a 200 from a request already in
+    flight reset the deployment; the next request reached it 0.26 s after the 429."""
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(Fault.server_error(), Fault.ok(delay_s=0.8), Fault.rate_limited(retry_after=5))
+    router = make_router([a, b], timeout=3.0)
+    assert text_of(await router.ainvoke("r0")).startswith("[b#")  # the 500 falls over
+    slow = asyncio.create_task(router.ainvoke("slow"))
+    await asyncio.sleep(0.3)  # "slow" is in flight at a
+    assert text_of(await router.ainvoke("limited")).startswith("[b#")  # the 429
+    assert text_of(await slow).startswith("[a#2] slow")  # the late success
+    limited = a.chat_requests[2]
+    assert limited.status == 429
+    for i in range(5):
+        await router.ainvoke(f"after-{i}")
+    later = a.chat_requests[3:]
+    assert later == [] or all(r.wall_start >= limited.wall_end + 5 for r in later), [
+        round(r.wall_start - limited.wall_end, 3) for r in later]
+    assert router.stats()["a"]["state"] == "cooling"
+
+
+async def test_circuit_opening_keeps_a_longer_retry_after(fault_server_factory) -> None:
+    """Defect 2: a 429 Retry-After 5, then a 500 from a request in flight opened the
+    circuit for circuit_cooldown (1 s): the probe reached the deployment 1.5 s after the 429."""
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(Fault.slow(0.8, then=Fault.server_error()), Fault.rate_limited(retry_after=5))
+    router = make_router([a, b], timeout=3.0, failure_threshold=1, circuit_cooldown=1.0)
+    slow = asyncio.create_task(router.ainvoke("slow"))
+    await asyncio.sleep(0.3)
+    assert text_of(await router.ainvoke("limited")).startswith("[b#")  # the 429
+    assert text_of(await slow).startswith("[b#")  # its 500 opens the circuit
+    limited = a.chat_requests[1]
+    assert limited.status == 429
+    assert router.stats()["a"]["state"] == "open"
+    stop = limited.wall_end + 3.0  # well past the 1 s circuit_cooldown, inside the 5 s window
+    while time.time() < stop:
+        await router.ainvoke("probe?")
+        await asyncio.sleep(0.1)
+    assert len(a.chat_requests) == 2, [
+        round(r.wall_start - limited.wall_end, 3) for r in a.chat_requests[2:]]
+
+
+@pytest.mark.parametrize("fault", [Fault.not_sse(), Fault.stream_empty()],
+                         ids=["json-body-not-sse", "no-chunk"])
+def test_stream_with_no_chunk_falls_over(fault_server_factory, fault: Fault) -> None:
+    """Defect 4: a 200 JSON body to a stream request, or a stream with no chunk, was
+    returned as '' and never fell over."""
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(fault)
+    router = make_router([a, b])
+    assert _collect(router.stream("s")) == "[b#1] s"
+    assert router.stats()["a"]["failures_by_kind"] == {"malformed": 1}
+
+
+@pytest.mark.parametrize("fault", [Fault.not_sse(), Fault.stream_empty()],
+                         ids=["json-body-not-sse", "no-chunk"])
+async def test_astream_with_no_chunk_falls_over(fault_server_factory, fault: Fault) -> None:
+    """Defect 4, async."""
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(fault)
+    router = make_router([a, b])
+    assert _collect([c async for c in router.astream("s")]) == "[b#1] s"
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_stream_closed_without_finish_reason_raises(fault_server_factory,
+                                                          mode: str) -> None:
+    """Defect 4: a stream closed cleanly after its first token with no finish_reason was
+    returned as complete."""
+    a, b = servers(fault_server_factory, "a", "b")
+    a.script(Fault.stream_without_finish("Partial answer"))
+    router = make_router([a, b])
+    got: list[str] = []
+    with pytest.raises(moa_errors.StreamInterruptedError) as info:
+        if mode == "sync":
+            for chunk in router.stream("cut"):
+                got.append(chunk.content)
+        else:
+            async for chunk in router.astream("cut"):
+                got.append(chunk.content)
+    assert "".join(got) == "Partial answer" and info.value.deployment == "a"
+    assert "finish_reason" in str(info.value)
+    assert len(b.chat_requests) == 0
+
+
+def test_unencodable_prompt_raises_at_once_and_charges_no_deployment(
+    fault_server_factory,
+) -> None:
+    """Defect 5: a lone surrogate raised UnicodeEncodeError before anything was sent, was
+    counted by every circuit breaker, and three such prompts opened every circuit."""
+    from langchain_core.exceptions import ModelInvalidRequestError
+
+    a, b = servers(fault_server_factory, "a", "b")
+    router = make_router([a, b], deadline=5.0)
+    for _ in range(4):
+        with pytest.raises(moa_errors.InvalidRequestError) as info:
+            router.invoke("bad \ud800 prompt")
+    assert isinstance(info.value, ModelInvalidRequestError) and not info.value.is_retryable
+    assert a.chat_requests == [] and b.chat_requests == []
+    assert text_of(router.invoke("fine")) == "[a#1] fine"
+    for name in ("a", "b"):
+        st = router.stats()[name]
+        assert st["state"] == "healthy" and st["failures"] == 0, st
+
+
+def test_keys_are_redacted_from_everything_the_router_stores_or_raises(
+    fault_server_factory,
+) -> None:
+    """Defect 7: an upstream echoing the Authorization header put the key into stats(),
+    exceptions, the attempt log, traces and health records."""
+    import openai
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    key = "sk-test-" + "9f3a" * 8
+
+    class Errors(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.texts: list[str] = []
+
+        def on_chain_error(self, error: BaseException, **kw: Any) -> None:
+            self.texts.append(repr(error) + str(error))
+
+        def on_llm_error(self, error: BaseException, **kw: Any) -> None:
+            self.texts.append(repr(error) + str(error))
+
+    a, b, c = servers(fault_server_factory, "a", "b", "c")
+    a.script(Fault.echo_auth(500))  # counted: stats last_error, attempt log, health
+    b.script(Fault.echo_auth(401))  # disables: DeploymentDisabledError, health reason
+    c.script(Fault.echo_auth(400))  # raised to the caller
+    router = make_router([a, b, c], deployment_kw={n: {"api_key": key} for n in "abc"})
+    handler = Errors()
+    with pytest.raises(openai.BadRequestError) as info:
+        router.invoke("q", config={"callbacks": [handler]})
+    assert a.chat_requests[0].headers["authorization"] == f"Bearer {key}"  # it was sent
+    texts = [str(info.value), repr(info.value.body), repr(router.stats()), *handler.texts]
+    texts += [repr(router._store.health_get(n)) for n in "abc"]
+    assert handler.texts and "Invalid credentials" in texts[0]
+    for t in texts:
+        assert key not in t, t
+    assert "***" in str(info.value) and "***" in router.stats()["a"]["last_error"]

@@ -17,7 +17,13 @@ from typing import Any
 from langchain_core.runnables import Runnable
 
 from langchain_moa.errors import ConfigurationError
-from langchain_moa.providers import LOCAL_PROVIDER, PROVIDERS, parse_model_name
+from langchain_moa.providers import (
+    LOCAL_PROVIDER,
+    PROVIDERS,
+    openai_compatible_chat_model,
+    parse_model_name,
+    validate_base_url,
+)
 
 __all__ = [
     "LOCAL_DEFAULT",
@@ -38,7 +44,7 @@ HOSTED_DEFAULTS: dict[str, str] = {
     "TOGETHER_API_KEY": "together/meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo",
     "OPENROUTER_API_KEY": "openrouter/openai/gpt-4o-mini",
     "DEEPSEEK_API_KEY": "deepseek/deepseek-chat",
-    "MISTRAL_API_KEY": "mistral/mistral-small-latest",
+    "MISTRAL_API_KEY": "mistralai/mistral-small-latest",
     "FIREWORKS_API_KEY": "fireworks/accounts/fireworks/models/llama-v3p1-8b-instruct",
     "DEEPINFRA_API_KEY": "deepinfra/meta-llama/Meta-Llama-3.1-8B-Instruct",
     "XAI_API_KEY": "xai/grok-3-mini",
@@ -104,11 +110,8 @@ def _check(settings: RunSettings) -> None:
             raise ConfigurationError(f"{name} must be a positive number of tokens, got {value}")
     if not 0 <= settings.dropout < 1:
         raise ConfigurationError(f"--dropout must be in [0, 1), got {settings.dropout}")
-    if settings.base_url is not None and not settings.base_url.startswith(("http://", "https://")):
-        raise ConfigurationError(
-            f"--base-url must be an http:// or https:// URL such as "
-            f"http://127.0.0.1:8080/v1, got {settings.base_url!r}"
-        )
+    if settings.base_url is not None:
+        validate_base_url(settings.base_url, "--base-url")
     if settings.resolved_preset() == "self-moa" and len(set(settings.proposers)) > 1:
         raise ConfigurationError(
             "--preset self-moa samples one model: give one --proposer "
@@ -120,10 +123,8 @@ def _agent(name: str, settings: RunSettings) -> Any:
     """A model string (checked now, so a typo or a missing key fails before any call),
     or a chat model on ``--base-url``."""
     if settings.base_url is not None:
-        from langchain_moa.local import chat_model_for_base_url
-
-        return chat_model_for_base_url(
-            settings.base_url, name, api_key=settings.api_key, max_retries=0
+        return openai_compatible_chat_model(
+            None, name, base_url=settings.base_url, api_key=settings.api_key
         )
     spec = parse_model_name(name)
     if spec.provider != LOCAL_PROVIDER:

@@ -7,15 +7,25 @@ import threading
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from langchain_moa.errors import ConfigurationError
 from langchain_moa.pricing import price_of
 from langchain_moa.providers import (
     LOCAL_PROVIDER,
     PROVIDERS,
+    build_chat_model,
     openai_compatible_chat_model,
     parse_model_name,
+    validate_base_url,
 )
 
 __all__ = ["Deployment"]
@@ -70,6 +80,14 @@ class Deployment(BaseModel):
     _built: BaseChatModel | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
+    def __init__(self, **data: Any) -> None:
+        """Raises :class:`ConfigurationError` naming the parameter (never pydantic's
+        ``ValidationError``): a bad ``model`` or ``base_url``, a value out of range."""
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _configuration_error(exc) from None
+
     @model_validator(mode="after")
     def _check(self) -> Deployment:
         if (self.model is None) == (self.llm is None):
@@ -78,6 +96,8 @@ class Deployment(BaseModel):
             )
         if self.model is not None:
             parse_model_name(self.model)  # raises ConfigurationError naming known providers
+        if self.base_url is not None:
+            validate_base_url(self.base_url)  # "htp://..." fails now, not as retried I/O
         if self.name is None:
             if self.model is not None:
                 self.name = self.model
@@ -152,6 +172,20 @@ class Deployment(BaseModel):
             return openai_compatible_chat_model(
                 "llamacpp", spec.model, base_url=base_url, api_key=key or "not-needed", **kwargs
             )
-        return openai_compatible_chat_model(
+        return build_chat_model(
             spec.provider, spec.model, base_url=self.base_url, api_key=key, **kwargs
         )
+
+
+def _configuration_error(exc: ValidationError) -> ConfigurationError:
+    """The first error of a ``Deployment`` validation as a :class:`ConfigurationError`:
+    our own (raised in a validator) as is, pydantic's naming the field and the input."""
+    first = exc.errors()[0]
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, ConfigurationError):
+        return cause
+    message = first.get("msg", str(exc)).removeprefix("Value error, ")
+    field = ".".join(str(part) for part in first.get("loc", ()))
+    if not field:
+        return ConfigurationError(message)
+    return ConfigurationError(f"Deployment {field}: {message} (got {first.get('input')!r})")

@@ -217,7 +217,8 @@ def test_openai_key_runs_the_hosted_default_against_openai_base_url(
         ([], ["give a QUESTION"]),
         (["  "], ["give a QUESTION"]),
         (["q", "-p", "nosuch/m"], ["unknown provider 'nosuch'"]),
-        (["q", "-p", "gpt-4o"], ["no provider"]),
+        (["q", "-p", "my-model"], ["no provider"]),
+        (["q", "-p", "gpt-4o"], ["OPENAI_API_KEY"]),  # inferred as init_chat_model does
         (["q", "-p", "openai/gpt-4o-mini"], ["OPENAI_API_KEY"]),
         (["q", "-p", "llamacpp/m", "-a", "groq/llama-3.1-8b-instant"], ["GROQ_API_KEY"]),
         (["q", "--preset", "self-moa", "-p", "llamacpp/a", "-p", "llamacpp/b"], ["one --proposer"]),

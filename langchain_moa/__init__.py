@@ -8,6 +8,7 @@ Every MoA step is a LangChain Runnable; join them with ``|``::
     moa.invoke("What is 17 * 23?").content
 """
 
+from langchain_moa._budget import Budget, BudgetExceededError, with_budget
 from langchain_moa._run import pipeline, run
 from langchain_moa.client_model import ClientChatModel
 from langchain_moa.errors import (
@@ -62,8 +63,8 @@ from langchain_moa.steps import (
     RecursiveAggregate,
     Refine,
     RegexAnswer,
-    SequentialAggregate,
     Sample,
+    SequentialAggregate,
     Shuffle,
     Synthesize,
     Take,
@@ -98,6 +99,9 @@ __all__ = [
     # running and history
     "pipeline",
     "run",
+    "Budget",
+    "BudgetExceededError",
+    "with_budget",
     "MoAHistoryHandler",
     "StepRecord",
     "MoAState",

@@ -25,7 +25,7 @@ from langchain_core.runnables.config import ContextThreadPoolExecutor, patch_con
 from pydantic import ConfigDict, PrivateAttr
 from pydantic._internal._model_construction import ModelMetaclass
 
-from langchain_moa import pricing
+from langchain_moa import _budget, pricing
 from langchain_moa._agents import Agent
 from langchain_moa._settings import DEFAULT, _Default, check_reachable, step_values
 from langchain_moa.errors import ConfigurationError
@@ -469,20 +469,24 @@ class LLMStep(Step):
     # -- executing jobs --------------------------------------------------------
 
     def _call(self, job: Job, runnable: Runnable, config: RunnableConfig) -> Result:
+        charge = _budget.reserve(config, self, job)  # raises BudgetExceededError
         started = time.perf_counter()
         try:
             reply = runnable.invoke(job.messages, self.call_config(job, config))
         except Exception as exc:  # recorded, then judged by the step's quorum rule
-            return Result(job, self.make_record(job, None, started, exc), exception=exc)
-        return Result(job, self.make_record(job, reply, started, None), reply)
+            record = charge.settle(self.make_record(job, None, started, exc))
+            return Result(job, record, exception=exc)
+        return Result(job, charge.settle(self.make_record(job, reply, started, None)), reply)
 
     async def _acall(self, job: Job, runnable: Runnable, config: RunnableConfig) -> Result:
+        charge = _budget.reserve(config, self, job)  # raises BudgetExceededError
         started = time.perf_counter()
         try:
             reply = await runnable.ainvoke(job.messages, self.call_config(job, config))
         except Exception as exc:
-            return Result(job, self.make_record(job, None, started, exc), exception=exc)
-        return Result(job, self.make_record(job, reply, started, None), reply)
+            record = charge.settle(self.make_record(job, None, started, exc))
+            return Result(job, record, exception=exc)
+        return Result(job, charge.settle(self.make_record(job, reply, started, None)), reply)
 
     def _concurrency(self, config: RunnableConfig, jobs: int) -> int:
         """How many calls may run at once: the step's ``max_concurrency`` and the

@@ -34,7 +34,7 @@ from langchain_moa.errors import ConfigurationError
 from langchain_moa.providers import (
     LOCAL_PROVIDER,
     PROVIDERS,
-    openai_compatible_chat_model,
+    build_chat_model,
     parse_model_name,
     split_model_name,
 )
@@ -95,7 +95,7 @@ class Agent:
             if client is None and _known_provider(spec):
                 parsed = parse_model_name(spec)
                 if parsed.provider != LOCAL_PROVIDER:
-                    self._runnable = openai_compatible_chat_model(parsed.provider, parsed.model)
+                    self._runnable = build_chat_model(parsed.provider, parsed.model)
         elif callable(spec):
             self._runnable = ClientChatModel(client=spec, model=self.name)
         else:
@@ -215,11 +215,7 @@ def _known_provider(name: str) -> bool:
 
 
 def _resolve_string(name: str) -> Runnable:
-    if split_model_name(name)[0] is None:
-        raise ConfigurationError(
-            f"agent {name!r} has no provider: write 'provider/model' (e.g. 'openai/{name}') "
-            f"or give the step a client function with client="
-        )
+    # a bare id gets init_chat_model's inferred provider ("gpt-4o" -> openai)
     try:
         parsed = parse_model_name(name)
     except ConfigurationError as exc:
@@ -231,7 +227,7 @@ def _resolve_string(name: str) -> Runnable:
         from langchain_moa.local import get_local_chat_model
 
         return get_local_chat_model(parsed.model)
-    return openai_compatible_chat_model(parsed.provider, parsed.model)
+    return build_chat_model(parsed.provider, parsed.model)
 
 
 def make_agents(

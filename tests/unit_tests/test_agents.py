@@ -77,8 +77,8 @@ def test_api_key_from_environment(monkeypatch):
 
 
 def test_bare_name_without_a_function_gives_a_clear_error():
-    step = Propose(["gpt-4o"])  # may get a client from run(..., client=) later
-    with pytest.raises(ConfigurationError, match="'gpt-4o' has no provider.*client="):
+    step = Propose(["my-model"])  # may get a client from run(..., client=) later
+    with pytest.raises(ConfigurationError, match="'my-model' has no provider.*client"):
         step.invoke("q")
 
 
@@ -214,7 +214,7 @@ async def test_run_function_wins_over_a_provider_model_string(monkeypatch):
 
 async def test_run_without_a_function_and_bare_names_raises():
     with pytest.raises(ConfigurationError, match="has no provider"):
-        await run([Propose(["gpt-4o"]), Aggregate("gpt-4o")], "q")
+        await run([Propose(["my-model"]), Aggregate("my-model")], "q")
 
 
 async def test_function_errors_and_empty_replies_are_recorded():

@@ -1,10 +1,16 @@
 """Planning one request: which deployments to try and in what order, which to skip
 and why, whether an attempt may be sent now (the gate), and how long to wait
-before the next pass when none could answer."""
+before the next pass when none could answer.
+
+Waiting goes through the admission queue (:mod:`._queue`): a request that finds
+others queued for the same deployments queues behind them without planning; only
+the queue's head plans, and it sleeps exactly until the limiter's or the health
+record's next possible start, or until capacity frees. Time spent queued (behind
+other requests, or for a rate / concurrency limit) does not count against the
+request's deadline; waiting for a cooldown does."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 import threading
@@ -21,8 +27,9 @@ from langchain_moa.router._health import (
     probe_timeout,
     state_of,
 )
-from langchain_moa.router._limits import Lease, Limits, try_acquire
-from langchain_moa.router._request import SLOT_POLL_S, Failover, Request, Waker, context_skip
+from langchain_moa.router._limits import Lease, Limits, admit
+from langchain_moa.router._queue import WaitQueue
+from langchain_moa.router._request import SLOT_POLL_S, Failover, Request, context_skip
 from langchain_moa.router._stats import DeploymentStats
 from langchain_moa.router._store import RouterStore
 from langchain_moa.router._strategies import rank
@@ -63,7 +70,8 @@ class Planner:
         self.stats = stats
         self.health_cfg = health_cfg
         self.policies = policies
-        self.waker = Waker()
+        self.queues: dict[tuple[str, ...], WaitQueue] = {}
+        self._queues_lock = threading.Lock()
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
 
@@ -71,7 +79,13 @@ class Planner:
     def plan(self, req: Request) -> list[tuple[Deployment, int]]:
         """Start a pass: rank the deployments that can serve ``req`` now, record the
         others' skip reasons in ``req.candidates``; returns ``(deployment, retry)``
-        entries, retries of a deployment right after its first try."""
+        entries, retries of a deployment right after its first try.
+
+        A new request that finds others queued for the same deployments joins the
+        queue instead (returns no entries; :meth:`sleep` waits for its turn)."""
+        if req.waiter is None and req.passes == 0 and self._queue(req).busy():
+            self._join(req, time.time())
+            return []
         req.new_pass()
         now = time.time()
         eligible: list[Deployment] = []
@@ -113,7 +127,7 @@ class Planner:
             if req.strategy == "least-busy" and ranked:
                 # count the request against its first choice right away, so that
                 # concurrent requests planned before this one is sent spread out
-                self.release_pending(req)
+                self._drop_pending(req)
                 req.pending = str(ranked[0][0].name)
                 self.store.slot_acquire(f"pending:{req.pending}", None)
         req.candidates = [
@@ -137,6 +151,12 @@ class Planner:
         return self.store.slot_count(f"inflight:{name}") + self.store.slot_count(f"pending:{name}")
 
     def release_pending(self, req: Request) -> None:
+        """The request ends (answered or raised): give back its least-busy
+        reservation and its place in the queue."""
+        self._leave(req)
+        self._drop_pending(req)
+
+    def _drop_pending(self, req: Request) -> None:
         """Give back the least-busy reservation of ``req``, if it holds one."""
         if req.pending is not None:
             self.store.slot_release(f"pending:{req.pending}")
@@ -147,7 +167,9 @@ class Planner:
         """Take the limits and claim the deployment, or raise ``Failover`` (skipped).
 
         Returns the lease (release it when the attempt ends) and whether the
-        attempt is the half-open circuit's probe."""
+        attempt is the half-open circuit's probe. The limiter's answer is an
+        :class:`~langchain_moa.router._limits.Admission` value; a refusal records
+        when to try again (``req.blocked``) and why (``req.queue["limited_by"]``)."""
         name = str(d.name)
         ctx_reason = context_skip(req, d)
         if ctx_reason:
@@ -159,18 +181,17 @@ class Planner:
             (ROUTER_SCOPE, req.limits),
             (name, Limits(d.rpm, d.tpm, d.max_concurrency, window=req.limits.window)),
         ]
-        tokens = req.prompt_tokens + req.output_tokens
-        lease, wait, why = try_acquire(self.store, scopes, tokens, now)
-        if lease is not None:
-            self.release_pending(req)
-            lease.on_release = self.waker.notify
-        if lease is None:
-            req.blocked[name] = now + wait
+        adm = admit(self.store, scopes, req.prompt_tokens + req.output_tokens, now)
+        if adm.lease is None:
+            req.blocked[name] = adm.until if adm.until is not None else now + SLOT_POLL_S
             req.queue_blocked.add(name)
-            if "max_concurrency" in why:
+            if adm.factor == "concurrency":
                 req.slot_blocked.add(name)
-            self.note_skip(req, d, f"limit: {why}")
-            raise Failover(name, why)
+            self._limited(req, name, str(adm.factor), req.blocked[name])
+            self.note_skip(req, d, f"limit: {adm.reason}")
+            raise Failover(name, adm.reason)
+        lease = adm.lease
+        lease.on_change = self.capacity_changed
         stale_after = self._probe_timeout(req, d)
         # the clock is read inside the store's atomic update (now=None), so the
         # admission time is ordered with every cooldown the store records
@@ -180,9 +201,64 @@ class Planner:
         if not allowed:
             lease.release(refund=True)
             req.blocked[name] = ready_at
+            self._limited(req, name, "cooldown", ready_at)
             self.note_skip(req, d, reason)
             raise Failover(name, reason)
+        self._drop_pending(req)
+        self._admitted(req, name, now)
         return lease, is_probe
+
+    def _limited(self, req: Request, name: str, factor: str, until: float | None) -> None:
+        req.queue["limited_by"] = factor
+        req.queue["limited_deployment"] = name
+        self.stats[name].limited(factor, until)
+
+    def _admitted(self, req: Request, name: str, now: float) -> None:
+        """The request got capacity: it leaves the queue (the next one becomes head)."""
+        if req.waiter is not None:
+            req.queue["was_head"] = self._queue(req).is_head(req.waiter)
+            self._leave(req)
+        self.stats[name].admitted(req.queued_s)
+
+    # ------------------------------------------------------------------ the queue
+    def _queue(self, req: Request) -> WaitQueue:
+        key = req.queue.get("key")
+        if key is None:
+            key = req.queue["key"] = tuple(str(d.name) for d in req.deployments)
+        q = self.queues.get(key)
+        if q is None:
+            with self._queues_lock:
+                q = self.queues.setdefault(key, WaitQueue())
+        return q
+
+    def _join(self, req: Request, now: float) -> bool:
+        """Queue ``req`` (if not queued yet); whether it is the head."""
+        q = self._queue(req)
+        if req.waiter is None:
+            front = bool(req.queue.get("was_head"))
+            req.waiter, head = q.join(now, front=front)
+            req.queue.setdefault("position", req.waiter.position)
+            for name in req.queue["key"]:
+                self.stats[name].queue_depth_add(1)
+            return head
+        return q.is_head(req.waiter)
+
+    def _leave(self, req: Request) -> None:
+        w = req.waiter
+        if w is not None:
+            self._queue(req).leave(w)
+            req.waiter = None
+            for name in req.queue["key"]:
+                self.stats[name].queue_depth_add(-1)
+
+    def capacity_changed(self) -> None:
+        """A slot was given back or a schedule moved earlier: wake every queue's head."""
+        for q in list(self.queues.values()):
+            q.notify()
+
+    def queue_depth(self, name: str) -> int:
+        """Requests queued that may use deployment ``name``."""
+        return sum(len(q) for key, q in list(self.queues.items()) if name in key)
 
     def _probe_timeout(self, req: Request, d: Deployment) -> float:
         """Age (s) at which ``d``'s half-open probe in flight counts as lost."""
@@ -213,11 +289,15 @@ class Planner:
 
     # ------------------------------------------------------------------ waiting
     def next_wait(self, req: Request) -> float:
-        """Seconds until the earliest deployment may serve the request.
+        """Seconds until the earliest deployment may serve the request (0 for a
+        request waiting its turn in the queue: :meth:`sleep` waits for that).
 
         Raises:
-            NoDeploymentAvailableError: none ever can, or not within the deadline.
+            NoDeploymentAvailableError: none ever can, or not within the deadline
+                (time queued behind limits does not count).
         """
+        if req.waiter is not None and not self._queue(req).is_head(req.waiter):
+            return 0.0
         now = time.time()
         ready: dict[str, tuple[float, bool]] = {}
         for d in req.deployments:
@@ -250,34 +330,47 @@ class Planner:
             )
         name, (t, queued) = min(ready.items(), key=lambda kv: kv[1][0])
         wait = max(0.0, t - now)
-        if name in req.slot_blocked:
-            # woken when a slot is given back; the poll interval bounds the wait
-            req.wait_for_slot = True
-            wait = SLOT_POLL_S
-        if queued:
-            req.queued_s += wait
-            if req.deadline_at is not None:
-                req.deadline_at += wait
-        if req.deadline_at is not None and now + wait > req.deadline_at:
+        req.queue["nap_queued"] = queued
+        if not queued:
+            req.queue["limited_by"] = "cooldown"
+            req.queue["limited_deployment"] = name
+        if (
+            not queued
+            and req.deadline_at is not None
+            and now + wait > req.deadline_at
+        ):
             raise NoDeploymentAvailableError(
                 f"no deployment available within the deadline of {req.deadline:g} s "
                 f"(earliest: {name} in {wait:.2f} s)",
                 errors=self.error_report(req),
             )
-        req.waited_s += wait
         return wait
 
     def sleep(self, req: Request, wait: float) -> None:
-        if req.wait_for_slot:
-            self.waker.wait(wait)  # queue time already added by next_wait
-        else:
-            time.sleep(wait)
+        """Wait in the queue: the head sleeps ``wait`` seconds (or until capacity
+        frees), the others until it is their turn."""
+        t0 = time.time()
+        head = self._join(req, t0)
+        req.waiter.sleep(wait if head else None)
+        self._slept(req, t0, head)
 
     async def asleep(self, req: Request, wait: float) -> None:
-        if req.wait_for_slot:
-            await self.waker.await_(wait)  # queue time already added by next_wait
-        else:
-            await asyncio.sleep(wait)
+        """:meth:`sleep` for asyncio tasks."""
+        t0 = time.time()
+        head = self._join(req, t0)
+        await req.waiter.asleep(wait if head else None)
+        self._slept(req, t0, head)
+
+    def _slept(self, req: Request, t0: float, head: bool) -> None:
+        elapsed = time.time() - t0
+        req.waited_s += elapsed
+        if not head or req.queue.get("nap_queued"):
+            # queued behind other requests or a rate / concurrency limit: the
+            # deadline is about the request's own failures and cooldowns
+            req.queued_s += elapsed
+            if req.deadline_at is not None:
+                req.deadline_at += elapsed
+        req.queue["waits"] = req.queue.get("waits", 0) + 1
 
     def error_report(self, req: Request) -> dict[str, Any]:
         """Per deployment: its last error, skip reason, health reason or ``"not tried"``."""

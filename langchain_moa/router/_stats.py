@@ -1,9 +1,11 @@
-"""Per-deployment counters: successes, failures, latency, tokens, spend."""
+"""Per-deployment counters: successes, failures, latency, tokens, spend, and the
+admission queue (depth, time waited, what limits)."""
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +42,11 @@ class DeploymentStats:
     ewma_latency: float | None = None
     ewma_ttft: float | None = None
     last_error: str | None = None
+    queue_depth: int = 0
+    queued_requests: int = 0
+    queue_waits: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
+    limited_by: str | None = None
+    limited_until: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def _ewma(self, old: float | None, x: float) -> float:
@@ -65,6 +72,27 @@ class DeploymentStats:
             if cost:
                 self.spend_usd += cost
 
+    def queue_depth_add(self, n: int) -> None:
+        with self._lock:
+            self.queue_depth = max(0, self.queue_depth + n)
+
+    def limited(self, factor: str, until: float | None) -> None:
+        """The deployment refused a request: ``factor`` (rpm, tpm, concurrency,
+        cooldown) until ``until`` (epoch s; ``None``: until a slot frees)."""
+        with self._lock:
+            self.limited_by, self.limited_until = factor, until
+
+    def admitted(self, queued_s: float) -> None:
+        """A request was admitted after ``queued_s`` seconds in the queue."""
+        with self._lock:
+            if queued_s > 0:
+                self.queued_requests += 1
+                self.queue_waits.append(queued_s)
+            if self.limited_by in ("concurrency", "cooldown") or (
+                self.limited_until is not None and self.limited_until <= time.time()
+            ):
+                self.limited_by = self.limited_until = None
+
     def skip(self) -> None:
         with self._lock:
             self.skips += 1
@@ -82,6 +110,10 @@ class DeploymentStats:
         with self._lock:
             lat = list(self.latencies)
             ttft = list(self.ttfts)
+            waits = list(self.queue_waits)
+            limited = self.limited_by
+            if self.limited_until is not None and self.limited_until <= time.time():
+                limited = None
             return {
                 "successes": self.successes,
                 "failures": self.failures,
@@ -98,4 +130,10 @@ class DeploymentStats:
                 "tokens": self.input_tokens + self.output_tokens,
                 "spend_usd": self.spend_usd,
                 "last_error": self.last_error,
+                "queue_depth": self.queue_depth,
+                "limited_by": limited,
+                "queued_requests": self.queued_requests,
+                "queue_wait_p50_s": percentile(waits, 50),
+                "queue_wait_p95_s": percentile(waits, 95),
+                "queue_wait_max_s": max(waits) if waits else None,
             }

@@ -2,8 +2,9 @@
 
 Two kinds of state live behind :class:`RouterStore`:
 
-* **limiter state**: sliding-window logs for RPM / TPM (one entry per admitted
-  request: time and amount) and in-flight counters for concurrency;
+* **limiter state**: one GCRA schedule per RPM / TPM key (its theoretical
+  arrival time, see :mod:`._limits`; O(1) per admission) and in-flight counters
+  for concurrency;
 * **health records**: one small dict per deployment (state, cooldown end,
   consecutive failures, half-open probe claim, last error).
 
@@ -17,112 +18,45 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["RouterStore", "InMemoryStore", "RedisStore", "window_decision"]
+from langchain_moa.router._limits import gcra
+
+__all__ = ["RouterStore", "InMemoryStore", "RedisStore"]
 
 T = TypeVar("T")
-
-
-PACE_TOLERANCE = 0.25
-"""Fraction of one request's pacing interval by which a late admission is made up
-for on the next one (so scheduling delays do not lower the achieved rate)."""
-
-
-def window_decision(
-    entries: list[tuple[float, float]],
-    amount: float,
-    limit: float,
-    window: float,
-    now: float,
-    pace: bool,
-    next_at: float | None = None,
-) -> float:
-    """Seconds to wait before ``amount`` may be admitted (0 = admit now).
-
-    ``entries`` are the ``(time, amount)`` pairs still inside the window, oldest
-    first. Two rules, both must hold:
-
-    * **window**: the amounts admitted in the last ``window`` seconds plus
-      ``amount`` stay within ``limit`` (a hard cap, whatever the server's own
-      accounting: sliding window, fixed window or token bucket);
-    * **pacing** (``pace=True``): admissions follow a schedule spaced
-      ``a * window / limit`` seconds after each admitted amount ``a`` (a GCRA /
-      virtual-clock schedule), so traffic is spread evenly at the limit's rate
-      instead of bursting the whole minute's quota at once. ``next_at`` is the
-      schedule's next slot (see :func:`pace_after`); without it the last entry's
-      time plus its interval is used.
-
-    A single request larger than ``limit`` is admitted only when the window is empty.
-    """
-    total = sum(a for _, a in entries)
-    wait = 0.0
-    if entries and total + amount > limit:
-        need = total + amount - limit
-        freed = 0.0
-        wait = entries[-1][0] + window - now
-        for t, a in entries:
-            freed += a
-            if freed >= need:
-                wait = t + window - now
-                break
-    if pace:
-        if next_at is not None:
-            wait = max(wait, next_at - now)
-        elif entries:
-            t_last, a_last = entries[-1]
-            wait = max(wait, t_last + a_last * window / limit - now)
-    return max(0.0, wait)
-
-
-def pace_after(
-    next_at: float | None,
-    prev_gap: float | None,
-    amount: float,
-    limit: float,
-    window: float,
-    now: float,
-) -> tuple[float, float]:
-    """The schedule after admitting ``amount`` at ``now``: ``(next_at, gap)``.
-
-    The admission's slot on the schedule is ``max(next_at, now - PACE_TOLERANCE *
-    prev_gap)``: an admission that came late (the waiting task woke up late) keeps
-    its scheduled slot, up to a quarter of an interval, so the next one is not
-    pushed back by the delay. Admissions are never earlier than ``next_at``, so any
-    span of ``T`` seconds holds at most ``(T + PACE_TOLERANCE * gap) / gap + 1``
-    admissions.
-    """
-    gap = amount * window / limit
-    if next_at is None or prev_gap is None:
-        slot = now
-    else:
-        slot = max(next_at, now - PACE_TOLERANCE * prev_gap)
-    return slot + gap, gap
 
 
 class RouterStore(ABC):
     """Atomic operations on limiter and health state. Implement this to share state."""
 
-    # --- sliding windows (RPM / TPM) -------------------------------------------------
+    # --- rate limits (RPM / TPM, GCRA) and concurrency -----------------------------
     @abstractmethod
-    def window_acquire(
-        self, key: str, amount: float, limit: float, window: float, now: float, pace: bool = True
-    ) -> tuple[str | None, float]:
-        """Admit ``amount`` into ``key``'s window.
+    def limits_admit(
+        self,
+        rates: Sequence[tuple[str, float]],
+        slots: Sequence[tuple[str, int | None]],
+        now: float,
+    ) -> tuple[float, int]:
+        """Admit one request into every rate schedule and concurrency slot, or none.
 
-        Returns ``(reservation_id, 0.0)`` when admitted, else ``(None, wait_seconds)``.
+        ``rates`` are ``(key, cost_s)``: the GCRA schedule ``key`` (see
+        :func:`~langchain_moa.router._limits.gcra`) and the seconds this request
+        occupies on it; ``slots`` are ``(key, limit)`` in-flight counters
+        (``limit=None``: only count). Atomic and O(1) per key.
+
+        Returns ``(0.0, -1)`` when admitted (every schedule moved, every slot
+        taken), else ``(wait_s, i)`` with ``i`` the index of the first refusing
+        entry in ``rates + slots`` (``wait_s`` is ``-1.0`` for a full slot: until
+        one is given back).
         """
 
     @abstractmethod
-    def window_adjust(self, key: str, reservation_id: str, amount: float) -> None:
-        """Replace a reservation's amount (TPM: estimated -> real usage)."""
-
-    @abstractmethod
-    def window_release(self, key: str, reservation_id: str) -> None:
-        """Remove a reservation (the request was never sent)."""
+    def limits_adjust(self, key: str, seconds: float) -> None:
+        """Move schedule ``key`` by ``seconds`` (negative = earlier): TPM
+        reconciliation, or a refund for a request that was never sent."""
 
     # --- concurrency slots -----------------------------------------------------------
     @abstractmethod
@@ -162,54 +96,34 @@ class InMemoryStore(RouterStore):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._windows: dict[str, dict[str, tuple[float, float]]] = {}
-        self._pace: dict[str, dict[str, Any]] = {}
+        self._tat: dict[str, float] = {}
         self._slots: dict[str, int] = {}
         self._health: dict[str, dict[str, Any]] = {}
 
-    def window_acquire(
-        self, key: str, amount: float, limit: float, window: float, now: float, pace: bool = True
-    ) -> tuple[str | None, float]:
+    def limits_admit(
+        self,
+        rates: Sequence[tuple[str, float]],
+        slots: Sequence[tuple[str, int | None]],
+        now: float,
+    ) -> tuple[float, int]:
         with self._lock:
-            log = self._windows.setdefault(key, {})
-            for rid in [r for r, (t, _) in log.items() if t <= now - window]:
-                del log[rid]
-            st = self._pace.get(key) if pace else None
-            next_at = st["next_at"] if st else None
-            wait = window_decision(list(log.values()), amount, limit, window, now, pace, next_at)
-            if wait > 0:
-                return None, wait
-            rid = uuid.uuid4().hex
-            log[rid] = (now, float(amount))
-            if pace:
-                nxt, gap = pace_after(
-                    next_at, st["gap"] if st else None, amount, limit, window, now
-                )
-                self._pace[key] = {"next_at": nxt, "gap": gap, "last": rid, "undo": st}
-            return rid, 0.0
+            for i, (key, _) in enumerate(rates):
+                tat = self._tat.get(key)
+                if tat is not None and tat > now:
+                    return tat - now, i
+            for j, (key, limit) in enumerate(slots):
+                if limit is not None and self._slots.get(key, 0) >= limit:
+                    return -1.0, len(rates) + j
+            for key, cost in rates:
+                self._tat[key] = gcra(self._tat.get(key), cost, now)[1]  # type: ignore[assignment]
+            for key, _ in slots:
+                self._slots[key] = self._slots.get(key, 0) + 1
+            return 0.0, -1
 
-    def window_adjust(self, key: str, reservation_id: str, amount: float) -> None:
+    def limits_adjust(self, key: str, seconds: float) -> None:
         with self._lock:
-            log = self._windows.get(key, {})
-            if reservation_id in log:
-                t, old = log[reservation_id]
-                log[reservation_id] = (t, float(amount))
-                st = self._pace.get(key)
-                if st and st["last"] == reservation_id and old > 0:
-                    # the schedule moves with the real amount of the latest admission
-                    new_gap = st["gap"] * amount / old
-                    st["next_at"] += new_gap - st["gap"]
-                    st["gap"] = new_gap
-
-    def window_release(self, key: str, reservation_id: str) -> None:
-        with self._lock:
-            self._windows.get(key, {}).pop(reservation_id, None)
-            st = self._pace.get(key)
-            if st and st["last"] == reservation_id:
-                if st["undo"] is None:
-                    del self._pace[key]
-                else:
-                    self._pace[key] = st["undo"]
+            if key in self._tat:
+                self._tat[key] += seconds
 
     def slot_acquire(self, key: str, limit: int | None) -> bool:
         with self._lock:
@@ -241,95 +155,46 @@ class InMemoryStore(RouterStore):
 
     def reset(self) -> None:
         with self._lock:
-            self._windows.clear()
-            self._pace.clear()
+            self._tat.clear()
             self._slots.clear()
             self._health.clear()
 
 
-_WINDOW_LUA = """
-local key = KEYS[1]
-local pk = key .. ':pace'
-local amount = tonumber(ARGV[1]); local limit = tonumber(ARGV[2])
-local window = tonumber(ARGV[3]); local now = tonumber(ARGV[4])
-local pace = ARGV[5] == '1'; local rid = ARGV[6]; local tol = tonumber(ARGV[7])
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-local ids = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-local total = 0
-local ts = {}; local am = {}
-for i = 1, #ids, 2 do
-  local a = tonumber(redis.call('HGET', key .. ':amt', ids[i]) or '0')
-  table.insert(ts, tonumber(ids[i+1])); table.insert(am, a); total = total + a
+_ADMIT_LUA = """
+-- KEYS: the rate schedules, then the slot counters; ARGV[1] = number of rate keys,
+-- ARGV[2] = now, then one cost (s) per rate key, then one limit per slot (-1: none)
+local nr = tonumber(ARGV[1]); local now = tonumber(ARGV[2])
+local tats = {}
+for i = 1, nr do
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '')
+  if tat and tat > now then return {i - 1, string.format('%.6f', tat - now)} end
+  tats[i] = tat
 end
-local st = {false, false, false}
-if pace then st = redis.call('HMGET', pk, 'next_at', 'gap', 'last') end
-local wait = 0
-local n = #ts
-if n > 0 and total + amount > limit then
-  local need = total + amount - limit
-  local freed = 0
-  wait = ts[n] + window - now
-  for i = 1, n do
-    freed = freed + am[i]
-    if freed >= need then wait = ts[i] + window - now; break end
+for j = nr + 1, #KEYS do
+  local limit = tonumber(ARGV[2 + j])
+  if limit >= 0 and tonumber(redis.call('GET', KEYS[j]) or '0') >= limit then
+    return {j - 1, '-1'}
   end
 end
-if pace then
-  local w2 = 0
-  if st[1] then w2 = tonumber(st[1]) - now
-  elseif n > 0 then w2 = ts[n] + am[n] * window / limit - now end
-  if w2 > wait then wait = w2 end
+for i = 1, nr do
+  local t = tats[i]
+  if not t or t < now then t = now end
+  t = t + tonumber(ARGV[2 + i])
+  -- kept 60 s after the schedule's end (relative TTL: callers' clocks are theirs)
+  redis.call('SET', KEYS[i], string.format('%.6f', t), 'PX', math.ceil((t - now + 60) * 1000))
 end
-if wait > 0 then return {0, string.format('%.6f', wait)} end
-redis.call('ZADD', key, now, rid)
-redis.call('HSET', key .. ':amt', rid, amount)
-local ttl = math.ceil(window) + 60
-redis.call('EXPIRE', key, ttl)
-redis.call('EXPIRE', key .. ':amt', ttl)
-if pace then
-  local gap = amount * window / limit
-  local slot = now
-  if st[1] then
-    slot = math.max(tonumber(st[1]), now - tol * tonumber(st[2]))
-    redis.call('HSET', pk, 'u_next_at', st[1], 'u_gap', st[2], 'u_last', st[3], 'has_undo', '1')
-  else
-    redis.call('HSET', pk, 'has_undo', '0')
-  end
-  redis.call('HSET', pk, 'next_at', string.format('%.6f', slot + gap),
-             'gap', string.format('%.9f', gap), 'last', rid)
-  redis.call('EXPIRE', pk, ttl)
-end
-return {1, '0'}
+for j = nr + 1, #KEYS do redis.call('INCR', KEYS[j]) end
+return {-1, '0'}
 """
 
 _ADJUST_LUA = """
-local key = KEYS[1]; local pk = key .. ':pace'
-local rid = ARGV[1]; local amount = tonumber(ARGV[2])
-if not redis.call('ZSCORE', key, rid) then return 0 end
-local old = tonumber(redis.call('HGET', key .. ':amt', rid) or '0')
-redis.call('HSET', key .. ':amt', rid, amount)
-if redis.call('HGET', pk, 'last') == rid and old > 0 then
-  local gap = tonumber(redis.call('HGET', pk, 'gap'))
-  local nxt = tonumber(redis.call('HGET', pk, 'next_at'))
-  local ng = gap * amount / old
-  redis.call('HSET', pk, 'next_at', string.format('%.6f', nxt + ng - gap),
-             'gap', string.format('%.9f', ng))
-end
-return 1
-"""
-
-_RELEASE_LUA = """
-local key = KEYS[1]; local pk = key .. ':pace'; local rid = ARGV[1]
-redis.call('ZREM', key, rid)
-redis.call('HDEL', key .. ':amt', rid)
-if redis.call('HGET', pk, 'last') == rid then
-  if redis.call('HGET', pk, 'has_undo') == '1' then
-    local v = redis.call('HMGET', pk, 'u_next_at', 'u_gap', 'u_last')
-    redis.call('HSET', pk, 'next_at', v[1], 'gap', v[2], 'last', v[3], 'has_undo', '0')
-  else
-    redis.call('DEL', pk)
-  end
-end
+local tat = tonumber(redis.call('GET', KEYS[1]) or '')
+if not tat then return 0 end
+local delta = tonumber(ARGV[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then ttl = 60000 end
+if delta > 0 then ttl = ttl + math.ceil(delta * 1000) end
+redis.call('SET', KEYS[1], string.format('%.6f', tat + delta), 'PX', ttl)
 return 1
 """
 
@@ -357,31 +222,28 @@ class RedisStore(RouterStore):
     def __init__(self, client: Any, prefix: str = "moa-router:") -> None:
         self._r = client
         self._p = prefix
-        self._window = client.register_script(_WINDOW_LUA)
+        self._admit = client.register_script(_ADMIT_LUA)
         self._adjust = client.register_script(_ADJUST_LUA)
-        self._release = client.register_script(_RELEASE_LUA)
         self._slot = client.register_script(_SLOT_LUA)
 
     def _k(self, *parts: str) -> str:
         return self._p + ":".join(parts)
 
-    def window_acquire(
-        self, key: str, amount: float, limit: float, window: float, now: float, pace: bool = True
-    ) -> tuple[str | None, float]:
-        rid = uuid.uuid4().hex
-        ok, wait = self._window(
-            keys=[self._k("win", key)],
-            args=[amount, limit, window, now, "1" if pace else "0", rid, PACE_TOLERANCE],
-        )
-        if int(ok) == 1:
-            return rid, 0.0
-        return None, max(0.0, float(wait))
+    def limits_admit(
+        self,
+        rates: Sequence[tuple[str, float]],
+        slots: Sequence[tuple[str, int | None]],
+        now: float,
+    ) -> tuple[float, int]:
+        keys = [self._k("gcra", k) for k, _ in rates] + [self._k("slot", k) for k, _ in slots]
+        args: list[Any] = [len(rates), repr(float(now))]
+        args += [repr(float(c)) for _, c in rates]
+        args += [-1 if limit is None else int(limit) for _, limit in slots]
+        index, wait = self._admit(keys=keys, args=args)
+        return float(wait), int(index)
 
-    def window_adjust(self, key: str, reservation_id: str, amount: float) -> None:
-        self._adjust(keys=[self._k("win", key)], args=[reservation_id, float(amount)])
-
-    def window_release(self, key: str, reservation_id: str) -> None:
-        self._release(keys=[self._k("win", key)], args=[reservation_id])
+    def limits_adjust(self, key: str, seconds: float) -> None:
+        self._adjust(keys=[self._k("gcra", key)], args=[repr(float(seconds))])
 
     def slot_acquire(self, key: str, limit: int | None) -> bool:
         return (

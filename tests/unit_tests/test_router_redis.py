@@ -36,20 +36,30 @@ def store(redis_client: object, request: pytest.FixtureRequest) -> RedisStore:
 
 
 @pytest.mark.parametrize("make", ["memory", "redis"])
-def test_window_semantics_match_in_memory(make: str, redis_client: object) -> None:
+def test_gcra_semantics_match_in_memory(make: str, redis_client: object) -> None:
     s = InMemoryStore() if make == "memory" else RedisStore(redis_client, prefix="cmp:")
     s.reset()
-    assert s.window_acquire("rpm:x", 1, 60, 60.0, 0.0)[0]
-    rid, wait = s.window_acquire("rpm:x", 1, 60, 60.0, 0.5)
-    assert rid is None and wait == pytest.approx(0.5)
-    assert s.window_acquire("rpm:x", 1, 60, 60.0, 1.0)[0]
-    r1, _ = s.window_acquire("tpm:x", 90, 100, 60.0, 0.0, pace=False)
-    assert s.window_acquire("tpm:x", 50, 100, 60.0, 1.0, pace=False)[0] is None
-    s.window_adjust("tpm:x", r1, 20)
-    r2, _ = s.window_acquire("tpm:x", 50, 100, 60.0, 1.0, pace=False)
-    assert r2 is not None
-    s.window_release("tpm:x", r2)
-    assert s.window_acquire("tpm:x", 80, 100, 60.0, 1.0, pace=False)[0] is not None
+    assert s.limits_admit([("rpm:x", 1.0)], [], 0.0) == (0.0, -1)
+    wait, i = s.limits_admit([("rpm:x", 1.0)], [], 0.5)
+    assert i == 0 and wait == pytest.approx(0.5, abs=1e-5)
+    assert s.limits_admit([("rpm:x", 1.0)], [], 1.0) == (0.0, -1)
+    # all or nothing: the full slot refuses, the schedule does not move
+    assert s.limits_admit([("tpm:x", 0.9)], [("inflight:x", 1)], 2.0) == (0.0, -1)
+    wait, i = s.limits_admit([("tpm:y", 0.1)], [("inflight:x", 1)], 2.0)
+    assert (wait, i) == (-1.0, 1)
+    assert s.limits_admit([("tpm:y", 0.1)], [], 2.0) == (0.0, -1)
+    s.limits_adjust("tpm:x", -0.7)  # reconciled: 0.2 s of the schedule, not 0.9
+    assert s.limits_admit([("tpm:x", 0.1)], [], 2.2) == (0.0, -1)
+
+
+def test_redis_admission_is_one_round_trip_and_o1(redis_client: object) -> None:
+    # issue 7: the old script read every entry of the 60 s log on each admission
+    s = RedisStore(redis_client, prefix="o1:")
+    s.reset()
+    for i in range(3_000):
+        assert s.limits_admit([("rpm:x", 1e-6)], [("inflight:x", None)], 100.0 + i * 1e-3)[1] == -1
+    keys = sorted(k.decode() for k in redis_client.keys("o1:*"))  # type: ignore[attr-defined]
+    assert keys == ["o1:gcra:rpm:x", "o1:slot:inflight:x"]  # one value per limit, no log
 
 
 def test_slots_and_health(store: RedisStore) -> None:
@@ -101,5 +111,6 @@ def test_two_routers_share_one_rpm_quota(store: RedisStore) -> None:
         r2.invoke("q")
     ts = sorted(a1.times + a2.times)
     gaps = [y - x for x, y in zip(ts, ts[1:], strict=False)]
-    # one shared pace of 10/s (two separate routers would each allow 10/s: gaps ~0)
-    assert min(gaps) >= 0.06 and sum(gaps) / len(gaps) >= 0.095
+    # one shared pace of 10/s (two separate routers would each allow 10/s: gaps ~0);
+    # admissions are >= 0.1 s apart, measured at the models (15 ms of call jitter)
+    assert min(gaps) >= 0.085, gaps

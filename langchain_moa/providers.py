@@ -162,6 +162,8 @@ PROVIDERS: dict[str, Provider] = {
            "langchain_baseten:ChatBaseten"),
         _p("bedrock", None, None, "langchain_aws:ChatBedrock"),
         _p("bedrock_converse", None, None, "langchain_aws:ChatBedrockConverse"),
+        _p("bedrock_mantle_anthropic", None, None, "langchain_aws:ChatAnthropicMantle"),
+        _p("bedrock_mantle_openai", None, None, "langchain_aws:ChatOpenAIMantle"),
         _p("cohere", "https://api.cohere.ai/compatibility/v1", "COHERE_API_KEY",
            "langchain_cohere:ChatCohere"),
         _p("deepseek", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY",

@@ -42,14 +42,29 @@ def single_agent(agent: Any, client: Callable[..., Any] | None) -> Agent:
     return make_agents([agent], client, parameter="agent")[0]
 
 
+AGGREGATOR_CALL_KEY = "moa_aggregator_call"
+"""``config["configurable"]`` key through which :class:`langchain_moa.MoAChatModel` hands
+``{"tools": [...], "tool_kwargs": {...}, "kwargs": {...}}`` to the pipeline's final
+``Aggregate``: its agent gets ``bind_tools(tools, **tool_kwargs)`` and ``bind(**kwargs)``
+(e.g. ``stop``) for that call; the proposers never see them."""
+
+
 def final_message(
-    text: str, calls: list[CallRecord], layer: int, record: CallRecord, chosen: int | None = None
+    text: str,
+    calls: list[CallRecord],
+    layer: int,
+    record: CallRecord,
+    chosen: int | None = None,
+    reply: Any = None,
 ) -> AIMessage:
     """The ``AIMessage`` a pipeline ends with.
 
     ``usage_metadata`` sums every call of the run (so ``prompt | pipeline`` reports
     the whole mixture's tokens); ``response_metadata["model_name"]`` is the final
-    agent's model and ``response_metadata["moa"]`` summarises the run.
+    agent's model and ``response_metadata["moa"]`` summarises the run. With the final
+    agent's ``reply`` (an ``AIMessage``), the message keeps its ``id`` (so LangGraph's
+    ``stream_mode="messages"`` sees the streamed tokens and this message as one) and
+    its ``tool_calls`` (an aggregator with tools bound).
     """
     costs = [c.cost_usd for c in calls if c.cost_usd is not None]
     summary = {
@@ -60,10 +75,18 @@ def final_message(
     }
     if chosen is not None:
         summary["chosen"] = chosen
+    extra: dict[str, Any] = {}
+    if isinstance(reply, AIMessage):
+        extra["id"] = reply.id
+        if reply.tool_calls or reply.invalid_tool_calls:
+            text = reply.text  # the record holds the calls' arguments as text
+            extra["tool_calls"] = reply.tool_calls
+            extra["invalid_tool_calls"] = reply.invalid_tool_calls
     return AIMessage(
         content=text,
         usage_metadata=sum_usage(calls),
         response_metadata={"model_name": record.response_model or record.model, "moa": summary},
+        **extra,
     )
 
 
@@ -134,13 +157,19 @@ class Aggregate(LLMStep):
                 type(self).__name__, self.agent.name, "no candidates to aggregate"
             )
         messages = reference_messages(state.messages, self.prompt or AGGREGATE_PROMPT, state.texts)
-        return self.job(self.agent, 0, messages, state.layer + 1, config)
+        job = self.job(self.agent, 0, messages, state.layer + 1, config)
+        call = (config.get("configurable") or {}).get(AGGREGATOR_CALL_KEY)
+        if call:
+            job.runnable = _with_call_options(job.runnable, call, self.agent.name)
+        return job
 
     def _message(self, report: StepReport, result: Result) -> AIMessage:
         if not result.ok:
             raise AggregatorError(type(self).__name__, self.agent.name, result.record.error)
         calls = [*report.state.calls, *report.calls]
-        return final_message(result.record.output or "", calls, result.job.layer, result.record)
+        return final_message(
+            result.record.output or "", calls, result.job.layer, result.record, reply=result.output
+        )
 
     def _run(self, report: StepReport, config: RunnableConfig) -> AIMessage:
         [result] = self.run_jobs([self._job(report.state, config)], report, config)
@@ -189,7 +218,8 @@ class Aggregate(LLMStep):
         try:
             job = stream.start(step_config)
             for chunk in job.runnable.stream(job.messages, self.call_config(job, step_config)):
-                yield stream.add(chunk)
+                if (out := stream.add(chunk)) is not None:
+                    yield out
             final = stream.finish()
         except Exception as exc:
             error = stream.fail(exc)
@@ -213,7 +243,8 @@ class Aggregate(LLMStep):
             async for chunk in job.runnable.astream(
                 job.messages, self.call_config(job, step_config)
             ):
-                yield stream.add(chunk)
+                if (out := stream.add(chunk)) is not None:
+                    yield out
             final = stream.finish()
         except Exception as exc:
             error = stream.fail(exc)
@@ -226,7 +257,13 @@ class Aggregate(LLMStep):
 
 
 class _TokenStream:
-    """Accumulates the aggregator's streamed chunks into one call record."""
+    """Accumulates the aggregator's streamed chunks into one call record.
+
+    Chunks without text or tool-call parts (a finish reason, a usage-only chunk, the
+    ``chunk_position="last"`` marker) are held back and merged into the next chunk
+    with content, or into the one closing chunk, so a stream ends with one empty
+    chunk (usage, ``response_metadata["moa"]``), not three.
+    """
 
     def __init__(self, step: Aggregate, report: StepReport) -> None:
         self.step = step
@@ -235,16 +272,23 @@ class _TokenStream:
         self.started = time.perf_counter()
         self.job: Job | None = None
         self.message: AIMessage | None = None
+        self.held: AIMessageChunk | None = None
 
     def start(self, config: RunnableConfig) -> Job:
         self.job = self.step._job(self.report.state, config)
         self.started = time.perf_counter()
         return self.job
 
-    def add(self, chunk: Any) -> AIMessageChunk:
+    def add(self, chunk: Any) -> AIMessageChunk | None:
+        """Add a chunk; return it to yield now, or ``None`` while it is held back."""
         if not isinstance(chunk, AIMessageChunk):
             chunk = _as_chunk(chunk)
         self.total = chunk if self.total is None else self.total + chunk
+        if self.held is not None:
+            chunk, self.held = self.held + chunk, None
+        if not chunk.content and not chunk.tool_call_chunks:
+            self.held = chunk
+            return None
         return chunk
 
     def _record(self, error: BaseException | None) -> CallRecord:
@@ -260,12 +304,16 @@ class _TokenStream:
             raise AggregatorError(type(self.step).__name__, self.step.agent.name, record.error)
         calls = [*self.report.state.calls, record]
         assert self.job is not None
-        self.message = final_message(record.output or "", calls, self.job.layer, record)
-        return AIMessageChunk(
+        self.message = final_message(
+            record.output or "", calls, self.job.layer, record, reply=_as_message(self.total)
+        )
+        closing = AIMessageChunk(
             content="",
+            id=self.message.id,
             usage_metadata=sum_usage(self.report.state.calls),
             response_metadata={"moa": self.message.response_metadata["moa"]},
         )
+        return closing if self.held is None else self.held + closing
 
     def fail(self, exc: Exception) -> AggregatorError:
         """Record a call that raised mid-stream; return the error to raise."""
@@ -279,6 +327,38 @@ class _TokenStream:
         """The custom events to dispatch: the call (if made) and the step."""
         calls = [(CALL_EVENT, c.model_dump()) for c in self.report.calls]
         return [*calls, (STEP_EVENT, self.report.record(self.message, error=error))]
+
+
+def _with_call_options(runnable: Any, call: dict[str, Any], agent: str) -> Any:
+    """``runnable`` with the tools (``bind_tools``) and call kwargs of
+    :data:`AGGREGATOR_CALL_KEY` bound.
+
+    Raises:
+        ConfigurationError: tools were given and the aggregator has no ``bind_tools``.
+    """
+    if call.get("tools"):
+        try:
+            runnable = runnable.bind_tools(call["tools"], **(call.get("tool_kwargs") or {}))
+        except (AttributeError, NotImplementedError) as exc:
+            raise ConfigurationError(
+                f"the aggregator {agent} cannot call tools ({type(exc).__name__}: {exc}); "
+                f"give Aggregate a chat model with bind_tools"
+            ) from exc
+    if call.get("kwargs"):
+        runnable = runnable.bind(**call["kwargs"])
+    return runnable
+
+
+def _as_message(total: AIMessageChunk | None) -> AIMessage | None:
+    """The summed stream as an ``AIMessage`` (tool-call chunks parsed into calls)."""
+    if total is None:
+        return None
+    return AIMessage(
+        content=total.content,
+        id=total.id,
+        tool_calls=total.tool_calls,
+        invalid_tool_calls=total.invalid_tool_calls,
+    )
 
 
 def _as_chunk(value: Any) -> AIMessageChunk:

@@ -19,6 +19,7 @@ from langchain_core.messages import (
     convert_to_messages,
     convert_to_openai_messages,
 )
+from langchain_core.language_models import LanguageModelInput
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import ContextThreadPoolExecutor, patch_config
@@ -87,6 +88,12 @@ class _StepMeta(ModelMetaclass):
         return step
 
 
+def _is_output_parser(other: Any) -> bool:
+    from langchain_core.output_parsers import BaseGenerationOutputParser, BaseOutputParser
+
+    return isinstance(other, (BaseOutputParser, BaseGenerationOutputParser))
+
+
 def check_pipeline_part(other: Any) -> None:
     """Raise if ``other`` is a step class instead of an instance."""
     if isinstance(other, type):
@@ -134,6 +141,12 @@ class Step(RunnableSerializable[Any, Any], metaclass=_StepMeta):
 
     def __or__(self, other: Any) -> Any:
         check_pipeline_part(other)
+        if self.OutputType is MoAState and _is_output_parser(other):
+            raise ConfigurationError(
+                f"{type(self).__name__} returns an MoAState, not a message, so "
+                f"{type(other).__name__} cannot parse it: end the pipeline with Aggregate "
+                f"or Vote before an output parser"
+            )
         return super().__or__(other)
 
     def __ror__(self, other: Any) -> Any:
@@ -147,7 +160,9 @@ class Step(RunnableSerializable[Any, Any], metaclass=_StepMeta):
 
     @property
     def InputType(self) -> Any:  # noqa: N802 - LangChain's name
-        return Any
+        """What a chat model takes, a LangGraph ``{"messages": [...]}`` dict, or the
+        previous step's :class:`MoAState` (see :func:`to_state`)."""
+        return LanguageModelInput | MoAState | dict[str, Any]
 
     @property
     def OutputType(self) -> Any:  # noqa: N802 - LangChain's name

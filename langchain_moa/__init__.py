@@ -10,6 +10,7 @@ Every MoA step is a LangChain Runnable; join them with ``|``::
 
 from langchain_moa._budget import Budget, BudgetExceededError, with_budget
 from langchain_moa._run import pipeline, run
+from langchain_moa.chat_model import MoAChatModel
 from langchain_moa.client_model import ClientChatModel
 from langchain_moa.errors import (
     AggregatorError,
@@ -108,6 +109,7 @@ __all__ = [
     "Candidate",
     "CallRecord",
     "ClientChatModel",
+    "MoAChatModel",
     # local models and self-hosted servers
     "LocalServer",
     "get_local_chat_model",

@@ -348,7 +348,8 @@ class Fault:
     @classmethod
     def stream_without_finish(cls, text: str = "Partial answer") -> Fault:
         """Streaming: the opening chunk and ``text`` as content chunks, then ``[DONE]`` and
-        a clean end of the body, but no chunk with a ``finish_reason`` (cut short upstream)."""
+        a clean end of the body, but no chunk with a ``finish_reason`` (cut short upstream).
+        Non-streaming: ``ok`` (the default reply)."""
         return cls("stream_without_finish", text=text)
 
     @classmethod
@@ -855,7 +856,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._write(b"0\r\n\r\n")
         elif fault.kind == "stream_without_finish":
             if not record.stream:
-                self._json_ok(fs, record, Fault.ok(fault.text))
+                self._json_ok(fs, record, Fault.ok())
                 return
             record.text = fault.text
             self._start_sse(record)

@@ -27,24 +27,30 @@ The per-request state shared by these steps is :class:`._request.Request`.
 
 from __future__ import annotations
 
+import contextvars
+import difflib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from types import SimpleNamespace
 from typing import Any, Literal
+from uuid import UUID
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
+    BaseCallbackHandler,
+    BaseCallbackManager,
     CallbackManager,
     CallbackManagerForLLMRun,
 )
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.chat_models import LangSmithParams
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from langchain_moa.errors import ConfigurationError, InvalidRequestError
 from langchain_moa.router._attempt import Attempt, Attempts
@@ -72,9 +78,94 @@ DECISION_EVENT = "moa_router_decision"
 """Name of the custom callback event carrying the routing decision (invoke/ainvoke)."""
 
 
+TEMPERATURE_RANGE = (0.0, 2.0)
+"""Valid ``temperature`` values (OpenAI's range, which OpenAI-compatible servers share)."""
+
+
+def _check_kwargs(cls: type[BaseModel], data: dict[str, Any]) -> None:
+    """Reject unknown keyword arguments (a typo is not silently ignored) and a
+    ``temperature`` outside :data:`TEMPERATURE_RANGE`."""
+    known = set(cls.model_fields) | {
+        f.alias for f in cls.model_fields.values() if f.alias is not None
+    }
+    unknown = sorted(set(data) - known)
+    if unknown:
+        hint = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        raise ConfigurationError(
+            f"{cls.__name__} got unknown parameter {unknown[0]!r}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + (f"; also unknown: {unknown[1:]}" if len(unknown) > 1 else "")
+        )
+    t = data.get("temperature")
+    lo, hi = TEMPERATURE_RANGE
+    if t is not None and (isinstance(t, bool) or not isinstance(t, int | float) or not lo <= t <= hi):
+        raise ConfigurationError(f"temperature must be a number in [{lo:g}, {hi:g}], got {t!r}")
+
+
+def _configuration_error(exc: ValidationError) -> ConfigurationError:
+    """The first error of a pydantic validation as a :class:`ConfigurationError` naming
+    the parameter and the value given."""
+    first = exc.errors()[0]
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, ConfigurationError):
+        return cause
+    field = ".".join(str(part) for part in first.get("loc", ()))
+    message = first.get("msg", str(exc)).removeprefix("Value error, ")
+    return ConfigurationError(f"ProviderRouter {field}: {message} (got {first.get('input')!r})")
+
+
 def _check_strategy(strategy: Any) -> None:
     if strategy not in STRATEGIES:
         raise ConfigurationError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+
+
+class _RunCapture(BaseCallbackHandler):
+    """Notes the run id of the router's own chat-model run when it streams:
+    ``BaseChatModel.stream`` does not hand its run manager to ``_stream``, so without
+    it the failover chain would become a separate root trace."""
+
+    run_inline = True
+
+    def __init__(self) -> None:
+        self.run_id: UUID | None = None
+        self.tags: list[str] = []
+        self.metadata: dict[str, Any] = {}
+
+    def on_chat_model_start(
+        self, serialized: Any, messages: Any, *, run_id: UUID, **kwargs: Any
+    ) -> None:
+        if self.run_id is None:  # the router's run comes first; later ones are children
+            self.run_id = run_id
+            self.tags = list(kwargs.get("tags") or [])
+            self.metadata = dict(kwargs.get("metadata") or {})
+
+
+_STREAM_PARENT: contextvars.ContextVar[tuple[int, _RunCapture, RunnableConfig] | None] = (
+    contextvars.ContextVar("moa_router_stream_parent", default=None)
+)
+"""(router id, capture, config) of the ``stream``/``astream`` call in progress."""
+
+
+def _with_capture(config: RunnableConfig | None) -> tuple[RunnableConfig, _RunCapture]:
+    cfg = ensure_config(config)
+    capture = _RunCapture()
+    callbacks = cfg.get("callbacks")
+    if callbacks is None:
+        cfg["callbacks"] = [capture]
+    elif isinstance(callbacks, BaseCallbackManager):
+        manager = callbacks.copy()
+        manager.add_handler(capture, inherit=True)
+        cfg["callbacks"] = manager
+    else:
+        cfg["callbacks"] = [*callbacks, capture]
+    return cfg, capture
+
+
+def _reset(var: contextvars.ContextVar[Any], token: contextvars.Token[Any]) -> None:
+    try:
+        var.reset(token)
+    except ValueError:  # the generator was closed from another context
+        pass
 
 
 class ProviderRouter(BaseChatModel):
@@ -146,8 +237,8 @@ class ProviderRouter(BaseChatModel):
     Deployments are called below the callback layer, so token usage is reported
     once, by the router's run (``UsageMetadataCallbackHandler`` counts each call
     once). ``response_metadata["model_name"]`` is the model id the provider reported.
-    In ``stream``/``astream`` LangChain does not hand the run manager to the model,
-    so attempts of a stream are not nested under the router's run.
+    ``stream``/``astream`` nest the same way (LangChain does not hand ``_stream`` its
+    run manager; the router notes its run id with a callback handler instead).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -195,7 +286,13 @@ class ProviderRouter(BaseChatModel):
         return out
 
     def __init__(self, **data: Any) -> None:
-        super().__init__(**data)
+        """Raises :class:`ConfigurationError` naming the parameter: an unknown keyword
+        (``temprature=``), ``temperature`` outside [0, 2], any other invalid value."""
+        _check_kwargs(type(self), data)
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _configuration_error(exc) from None
         self._check_config()  # outside pydantic so ConfigurationError reaches the caller as is
 
     def _check_config(self) -> None:
@@ -336,9 +433,9 @@ class ProviderRouter(BaseChatModel):
             PydanticToolsParser,
         )
         from langchain_core.utils.function_calling import convert_to_json_schema
-        from pydantic import BaseModel as _BaseModel
+        from langchain_core.utils.pydantic import is_basemodel_subclass
 
-        is_model = isinstance(schema, type) and issubclass(schema, _BaseModel)
+        is_model = isinstance(schema, type) and is_basemodel_subclass(schema)  # pydantic v1 or v2
         parser: Runnable
         if method == "function_calling":
             # as BaseChatModel.with_structured_output, plus ``strict``
@@ -501,11 +598,10 @@ class ProviderRouter(BaseChatModel):
         if run_manager is not None:
             # LLM run managers have no get_child(); build the child manager the same
             # way ParentRunManager.get_child() does so attempts nest under the router run.
-            cls = (
-                AsyncCallbackManager
-                if isinstance(run_manager, AsyncCallbackManagerForLLMRun)
-                else CallbackManager
-            )
+            is_async = getattr(run_manager, "is_async", None)
+            if is_async is None:
+                is_async = isinstance(run_manager, AsyncCallbackManagerForLLMRun)
+            cls = AsyncCallbackManager if is_async else CallbackManager
             manager = cls(handlers=[], parent_run_id=run_manager.run_id)
             manager.set_handlers(run_manager.inheritable_handlers)
             manager.add_tags(run_manager.inheritable_tags)
@@ -569,6 +665,61 @@ class ProviderRouter(BaseChatModel):
         finally:
             self._planner.release_pending(req)
 
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        """As ``BaseChatModel.stream``; the failover chain (one child run per attempt)
+        nests under this call's run, as with ``invoke``."""
+        cfg, capture = _with_capture(config)
+        token = _STREAM_PARENT.set((id(self), capture, cfg))
+        try:
+            yield from super().stream(input, cfg, stop=stop, **kwargs)
+        finally:
+            _reset(_STREAM_PARENT, token)
+
+    async def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        """As ``BaseChatModel.astream``; attempts nest under this call's run."""
+        cfg, capture = _with_capture(config)
+        token = _STREAM_PARENT.set((id(self), capture, cfg))
+        try:
+            async for chunk in super().astream(input, cfg, stop=stop, **kwargs):
+                yield chunk
+        finally:
+            _reset(_STREAM_PARENT, token)
+
+    def _stream_parent(self, is_async: bool) -> Any:
+        """A stand-in for the run manager ``_stream`` is not given: the router run's id
+        and the handlers, tags and metadata its children inherit (``None`` when this
+        router is not streaming through :meth:`stream` / :meth:`astream`)."""
+        held = _STREAM_PARENT.get()
+        if held is None or held[0] != id(self) or held[1].run_id is None:
+            return None
+        _, capture, cfg = held
+        cls = AsyncCallbackManager if is_async else CallbackManager
+        manager = cls.configure(
+            cfg.get("callbacks"), None, self.verbose, cfg.get("tags"), None,
+            {**(cfg.get("metadata") or {}), **capture.metadata}, None,
+        )
+        return SimpleNamespace(
+            run_id=capture.run_id,
+            is_async=is_async,
+            inheritable_handlers=manager.handlers,
+            inheritable_tags=manager.inheritable_tags,
+            inheritable_metadata=manager.inheritable_metadata,
+        )
+
     def _stream(
         self,
         messages: list[BaseMessage],
@@ -577,6 +728,7 @@ class ProviderRouter(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         req = self._new_request(messages, stop, kwargs, streaming=True)
+        run_manager = run_manager or self._stream_parent(is_async=False)
         try:
             while True:
                 step = self._pass_chain(req, run_manager)
@@ -602,6 +754,7 @@ class ProviderRouter(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         req = self._new_request(messages, stop, kwargs, streaming=True)
+        run_manager = run_manager or self._stream_parent(is_async=True)
         try:
             while True:
                 step = self._pass_chain(req, run_manager)

@@ -46,6 +46,21 @@ def attempts(msg: AIMessage) -> list[tuple[str, str]]:
 
 
 class TestConstruction:
+    def test_unknown_keyword_is_named(self) -> None:
+        """Issue 7 defect 10: ProviderRouter(temprature=0.2) was accepted silently."""
+        with pytest.raises(ConfigurationError, match="'temprature'.*did you mean 'temperature'"):
+            ProviderRouter(deployments=[Deployment(llm=ScriptedChat())], temprature=0.2)
+
+    @pytest.mark.parametrize("t", [-1, 5, 2.01])
+    def test_temperature_out_of_range_names_the_range(self, t: float) -> None:
+        """Issue 7 defect 10: temperature=-1 or 5 was accepted."""
+        with pytest.raises(ConfigurationError, match=r"temperature must be a number in \[0, 2\]"):
+            ProviderRouter(deployments=[Deployment(llm=ScriptedChat())], temperature=t)
+
+    def test_other_invalid_values_are_configuration_errors(self) -> None:
+        with pytest.raises(ConfigurationError, match="timeout"):
+            ProviderRouter(deployments=[Deployment(llm=ScriptedChat())], timeout=-1)
+
     def test_duplicate_names_are_named(self) -> None:
         with pytest.raises(ConfigurationError, match="'x' appears twice"):
             ProviderRouter(
@@ -207,7 +222,9 @@ class TestTransient:
         router.invoke("q")
         time.sleep(0.25)
         assert router.invoke("q").content == "b"  # the probe failed
-        assert router.stats()["a"]["state"] == "open"
+        st = router.stats()["a"]  # open again (half-open once its 0.2 s have passed)
+        assert st["state"] in ("open", "half-open") and len(a.times) == 2
+        assert st["state_reason"].startswith("half-open probe failed")
 
     def test_timeout_per_attempt(self) -> None:
         slow = ScriptedChat(replies=["slow"], delay=1.0)
@@ -431,6 +448,21 @@ class TestLangChainIntegration:
         assert failover_parent == router_run
         assert by_name["a"][1] == failover_run and by_name["b"][1] == failover_run
 
+    def test_structured_output_with_a_pydantic_v1_model_returns_the_model(self) -> None:
+        """Issue 7 defect 10: a pydantic v1 model gave a dict."""
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from pydantic import v1
+
+            class AnswerV1(v1.BaseModel):
+                value: int
+
+        router = router_of(ToolJudge(tool_args={"value": 42}))
+        result = router.with_structured_output(AnswerV1).invoke("q")
+        assert isinstance(result, AnswerV1) and result.value == 42  # v1 models equal dicts
+
     def test_bind_tools_and_structured_output_pass_through(self) -> None:
         class Answer(BaseModel):
             value: int
@@ -548,6 +580,27 @@ class TestCallbacks:
         assert cb.usage_metadata == {
             "m": {"input_tokens": 9, "output_tokens": 6, "total_tokens": 15}
         }
+
+    @pytest.mark.parametrize("mode", ["stream", "astream"])
+    async def test_stream_attempts_nest_under_the_router_run(self, mode: str) -> None:
+        """Issue 7 defect 9: router.stream posted router-failover as a separate root."""
+        from langchain_core.runnables import RunnableLambda
+
+        runs = _Runs()
+        router = router_of(ScriptedChat(replies=[http_error(500)]), ScriptedChat(replies=["ok"]))
+        chain = RunnableLambda(lambda x: x, name="outer") | router
+        cfg = {"callbacks": [runs]}
+        if mode == "stream":
+            text = "".join(str(c.content) for c in chain.stream("q", config=cfg))
+        else:
+            text = "".join([str(c.content) async for c in chain.astream("q", config=cfg)])
+        assert text == "ok"
+        by_name = {name: (rid, parent) for rid, (name, parent) in runs.runs.items()}
+        router_run, router_parent = by_name["<router>"]
+        assert router_parent is not None  # under the chain
+        failover_run, failover_parent = by_name["router-failover"]
+        assert failover_parent == router_run
+        assert by_name["a"][1] == failover_run and by_name["b"][1] == failover_run
 
     async def test_async_attempts_nest_under_the_failover_run(self) -> None:
         runs = _Runs()

@@ -357,3 +357,71 @@ class TestClaim:
         assert s == "disabled"
         _, c = claim(rec, NOW + 10_000, CFG)
         assert not c.allowed and c.ready_at is None and c.reason.startswith("disabled")
+
+
+# ----------------------------------------------------------------- the same function, atomically
+from tests.unit_tests import router_fakes as _rf  # noqa: E402
+
+redis_client = _rf.redis_client  # the fixture (a real redis-server on 127.0.0.1)
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_concurrent_claims_on_a_half_open_record_let_exactly_one_probe(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """The store runs the transition atomically (a lock in memory, WATCH/MULTI in Redis):
+    16 threads claiming a half-open deployment at once get exactly one probe."""
+    import threading
+
+    from langchain_moa.router import InMemoryStore, RedisStore
+
+    if kind == "redis":
+        store = RedisStore(request.getfixturevalue("redis_client"), prefix="health-probe:")
+        store.reset()
+    else:
+        store = InMemoryStore()
+    store.health_update("a", lambda r: (RECORDS["half-open"], None))
+    results: list = []
+    barrier = threading.Barrier(16)
+
+    def go() -> None:
+        barrier.wait()
+        results.append(store.health_update("a", lambda r: claim(r, None, CFG)))
+
+    threads = [threading.Thread(target=go) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(c.allowed for c in results) == 1 and sum(c.probe for c in results) == 1
+    assert store.health_get("a")["probe_at"] == next(c.at for c in results if c.allowed)
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_concurrent_429s_keep_the_longest_window(kind: str, request: pytest.FixtureRequest) -> None:
+    """Concurrent 429s (Retry-After 1..20 s) and successes: the window ends at the
+    longest Retry-After, whatever the order the store applied them in."""
+    import threading
+
+    from langchain_moa.router import InMemoryStore, RedisStore
+    from langchain_moa.router._health import apply
+
+    if kind == "redis":
+        store = RedisStore(request.getfixturevalue("redis_client"), prefix="health-429:")
+        store.reset()
+    else:
+        store = InMemoryStore()
+    events = [Event.failed(err("rate_limit", float(s))) for s in range(1, 21)]
+    events += [Event.succeeded()] * 20
+    barrier = threading.Barrier(len(events))
+
+    def go(ev: Event) -> None:
+        barrier.wait()
+        store.health_update("a", apply(ev, CFG, now=NOW))
+
+    threads = [threading.Thread(target=go, args=(ev,)) for ev in events]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert state_of(store.health_get("a"), NOW) == ("cooling", NOW + 20)

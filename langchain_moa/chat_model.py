@@ -41,6 +41,10 @@ from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models.chat_models import (
+    agenerate_from_stream,
+    generate_from_stream,
+)
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSequence
@@ -71,7 +75,12 @@ class MoAChatModel(BaseChatModel):
     Args:
         pipeline: a pipeline ending in ``Aggregate`` or ``Vote`` (a Runnable from
             chat messages to an ``AIMessage``), e.g. ``Propose([...]) | Aggregate(...)``
-            or a preset such as ``self_moa(...)``.
+            or a preset such as ``self_moa(...)``; a list of steps is joined with ``|``.
+        temperature, max_tokens, stop: LangChain's standard parameters, applied to the
+            **aggregator's** call only (proposers keep their steps' settings);
+            ``None`` leaves the ``Aggregate`` step's own setting.
+        streaming: ``invoke`` streams the aggregator's reply, so callbacks (and
+            LangGraph's ``stream_mode="messages"``) get its tokens.
 
     Tools and structured output (``bind_tools``, ``with_structured_output``) reach the
     final ``Aggregate``'s agent only; proposers answer in prose without tools (see the
@@ -79,14 +88,23 @@ class MoAChatModel(BaseChatModel):
 
     Raises:
         ConfigurationError: at construction, ``pipeline`` is not a Runnable or does not
-            end in ``Aggregate``/``Vote``; ``bind_tools`` on a pipeline ending in
+            end in ``Aggregate``/``Vote``, an unknown parameter, ``temperature``
+            outside [0, 2] or ``max_tokens`` < 1; ``bind_tools`` on a pipeline ending in
             ``Vote``, or whose aggregator has no ``bind_tools`` (at call time).
         LayerFailedError, AggregatorError: from the pipeline, as when it is invoked.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     pipeline: Runnable = Field(description="an MoA pipeline ending in Aggregate or Vote")
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    """Sampling temperature of the aggregator's call (``None``: the step's)."""
+    max_tokens: int | None = Field(default=None, ge=1)
+    """Output budget of the aggregator's call, in tokens (``None``: the step's)."""
+    stop: list[str] | None = None
+    """Stop sequences of the aggregator's call."""
+    streaming: bool = False
+    """``invoke`` streams the aggregator's reply (callbacks see its tokens)."""
 
     @field_validator("pipeline", mode="before")
     @classmethod
@@ -118,10 +136,14 @@ class MoAChatModel(BaseChatModel):
         try:
             super().__init__(**kwargs)
         except ValidationError as exc:
-            cause = (exc.errors()[0].get("ctx") or {}).get("error")
+            first = exc.errors()[0]
+            cause = (first.get("ctx") or {}).get("error")
             if isinstance(cause, ConfigurationError):
                 raise cause from None
-            raise ConfigurationError(f"MoAChatModel: {exc}") from None
+            field = ".".join(str(p) for p in first.get("loc", ()))
+            raise ConfigurationError(
+                f"MoAChatModel {field}: {first.get('msg')} (got {first.get('input')!r})"
+            ) from None
 
     @property
     def _llm_type(self) -> str:
@@ -129,12 +151,24 @@ class MoAChatModel(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"pipeline": repr(self.pipeline)}
+        return {
+            "pipeline": repr(self.pipeline),
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "stop": self.stop,
+        }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
         params = super()._get_ls_params(stop=stop, **kwargs)
         params["ls_provider"] = "langchain_moa"
-        params["ls_model_name"] = _final_step(self.pipeline).get_name()
+        params["ls_model_name"] = kwargs.get("model") or _final_step(self.pipeline).get_name()
+        for key, value in (
+            ("ls_temperature", kwargs.get("temperature", self.temperature)),
+            ("ls_max_tokens", kwargs.get("max_tokens", self.max_tokens)),
+            ("ls_stop", stop or self.stop),
+        ):
+            if value is not None:
+                params[key] = value
         return params
 
     # -- tools ------------------------------------------------------------------
@@ -172,9 +206,16 @@ class MoAChatModel(BaseChatModel):
     def _config(self, run_manager: Any, stop: list[str] | None, kwargs: dict[str, Any]) -> RunnableConfig:
         tools = kwargs.pop("moa_tools", None)
         tool_kwargs = kwargs.pop("moa_tool_kwargs", None) or {}
-        call_kwargs = dict(kwargs)
-        if stop:
-            call_kwargs["stop"] = stop
+        call_kwargs = {
+            k: v
+            for k, v in (
+                ("temperature", self.temperature),
+                ("max_tokens", self.max_tokens),
+                ("stop", stop or self.stop),
+            )
+            if v is not None
+        }
+        call_kwargs.update(kwargs)
         config: RunnableConfig = {"tags": [NOSTREAM_TAG]}
         if run_manager is not None:
             config["callbacks"] = _child_callbacks(run_manager)
@@ -195,6 +236,8 @@ class MoAChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        if self.streaming:
+            return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
         reply = self.pipeline.invoke(messages, self._config(run_manager, stop, kwargs))
         return ChatResult(generations=[ChatGeneration(message=_outer_message(reply))])
 
@@ -205,6 +248,10 @@ class MoAChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        if self.streaming:
+            return await agenerate_from_stream(
+                self._astream(messages, stop, run_manager, **kwargs)
+            )
         reply = await self.pipeline.ainvoke(messages, self._config(run_manager, stop, kwargs))
         return ChatResult(generations=[ChatGeneration(message=_outer_message(reply))])
 

@@ -379,6 +379,12 @@ class LLMStep(Step):
         """The step's agents."""
         return []
 
+    def get_graph(self, config: RunnableConfig | None = None) -> Any:
+        """The step, then each of its agents (named as in the history), then its output."""
+        from langchain_moa._graph import step_graph
+
+        return step_graph(self, config)
+
     @property
     def params(self) -> dict[str, Any]:
         t, m = self.defaults

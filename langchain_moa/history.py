@@ -70,6 +70,13 @@ class MoAHistoryHandler(BaseCallbackHandler):
     """
 
     run_inline: bool = True
+    # Only custom events are read; LangChain skips this handler for everything else.
+    ignore_llm: bool = True
+    ignore_chat_model: bool = True
+    ignore_chain: bool = True
+    ignore_agent: bool = True
+    ignore_retriever: bool = True
+    ignore_retry: bool = True
 
     def __init__(self) -> None:
         super().__init__()

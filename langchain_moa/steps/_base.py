@@ -11,7 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from langchain_core.callbacks import dispatch_custom_event
-from langchain_core.callbacks.manager import adispatch_custom_event
+from langchain_core.callbacks.manager import (
+    AsyncCallbackManager,
+    CallbackManager,
+    adispatch_custom_event,
+)
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
@@ -22,7 +26,16 @@ from langchain_core.messages import (
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
-from langchain_core.runnables.config import ContextThreadPoolExecutor, patch_config
+from langchain_core.runnables import RunnableBinding
+from langchain_core.runnables.config import (
+    ContextThreadPoolExecutor,
+    ensure_config,
+    get_async_callback_manager_for_config,
+    get_callback_manager_for_config,
+    patch_config,
+    set_config_context,
+)
+from langchain_core.runnables.utils import coro_with_context
 from pydantic import ConfigDict, PrivateAttr
 from pydantic._internal._model_construction import ModelMetaclass
 
@@ -176,32 +189,66 @@ class Step(RunnableSerializable[Any, Any], metaclass=_StepMeta):
 
     # -- running: subclasses implement _run (sync) and _arun (async) ---------
 
+    # LangChain's _call_with_config would inspect the signature of the traced function
+    # on every run; these do the same (one chain run, its child config, the context)
+    # with no inspection.
+
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        return self._call_with_config(self._traced_run, input, config, run_type="chain")
+        config = ensure_config(config)
+        run_manager = get_callback_manager_for_config(config).on_chain_start(
+            None,
+            input,
+            run_type="chain",
+            name=config.get("run_name") or self.get_name(),
+            run_id=config.pop("run_id", None),
+        )
+        try:
+            step_config = patch_config(config, callbacks=run_manager.get_child())
+            with set_config_context(step_config) as context:
+                out = context.run(self._traced_run, input, step_config)
+        except BaseException as exc:
+            run_manager.on_chain_error(exc)
+            raise
+        run_manager.on_chain_end(out)
+        return out
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        return await self._acall_with_config(self._traced_arun, input, config, run_type="chain")
+        config = ensure_config(config)
+        run_manager = await get_async_callback_manager_for_config(config).on_chain_start(
+            None,
+            input,
+            run_type="chain",
+            name=config.get("run_name") or self.get_name(),
+            run_id=config.pop("run_id", None),
+        )
+        try:
+            step_config = patch_config(config, callbacks=run_manager.get_child())
+            with set_config_context(step_config) as context:
+                out = await coro_with_context(self._traced_arun(input, step_config), context)
+        except BaseException as exc:
+            await run_manager.on_chain_error(exc)
+            raise
+        await run_manager.on_chain_end(out)
+        return out
 
-    def _traced_run(self, input: Any, run_manager: Any, config: RunnableConfig) -> Any:
-        step_config = patch_config(config, callbacks=run_manager.get_child())
+    def _traced_run(self, input: Any, step_config: RunnableConfig) -> Any:
         report = StepReport(self, to_state(input))
         try:
             out = self._run(report, step_config)
         except BaseException as exc:
-            dispatch_custom_event(STEP_EVENT, report.record(error=exc), config=step_config)
+            emit(step_config, STEP_EVENT, lambda: report.record(error=exc))
             raise
-        dispatch_custom_event(STEP_EVENT, report.record(out), config=step_config)
+        emit(step_config, STEP_EVENT, lambda: report.record(out))
         return out
 
-    async def _traced_arun(self, input: Any, run_manager: Any, config: RunnableConfig) -> Any:
-        step_config = patch_config(config, callbacks=run_manager.get_child())
+    async def _traced_arun(self, input: Any, step_config: RunnableConfig) -> Any:
         report = StepReport(self, to_state(input))
         try:
             out = await self._arun(report, step_config)
         except BaseException as exc:
-            await adispatch_custom_event(STEP_EVENT, report.record(error=exc), config=step_config)
+            await aemit(step_config, STEP_EVENT, lambda: report.record(error=exc))
             raise
-        await adispatch_custom_event(STEP_EVENT, report.record(out), config=step_config)
+        await aemit(step_config, STEP_EVENT, lambda: report.record(out))
         return out
 
     def _run(self, report: StepReport, config: RunnableConfig) -> Any:
@@ -209,6 +256,31 @@ class Step(RunnableSerializable[Any, Any], metaclass=_StepMeta):
 
     async def _arun(self, report: StepReport, config: RunnableConfig) -> Any:
         return self._run(report, config)
+
+
+def emit(config: RunnableConfig, name: str, data: Callable[[], Any]) -> None:
+    """Dispatch custom event ``name`` to the handlers of the run ``config`` belongs to
+    (as ``dispatch_custom_event`` does, without configuring a new callback manager);
+    ``data()`` is only built when a handler listens."""
+    manager = config.get("callbacks")
+    if isinstance(manager, CallbackManager) and manager.parent_run_id is not None:
+        if manager.handlers:
+            manager.on_custom_event(name, data(), run_id=manager.parent_run_id)
+        return
+    dispatch_custom_event(name, data(), config=config)
+
+
+async def aemit(config: RunnableConfig, name: str, data: Callable[[], Any]) -> None:
+    """Async :func:`emit`."""
+    manager = config.get("callbacks")
+    if isinstance(manager, AsyncCallbackManager) and manager.parent_run_id is not None:
+        if manager.handlers:
+            await manager.on_custom_event(name, data(), run_id=manager.parent_run_id)
+        return
+    if isinstance(manager, CallbackManager) and manager.parent_run_id is not None:
+        emit(config, name, data)
+        return
+    await adispatch_custom_event(name, data(), config=config)
 
 
 @dataclass
@@ -412,9 +484,11 @@ class LLMStep(Step):
         step = type(self).__name__
         tags = [f"moa:step:{step}", f"moa:layer:{job.layer}", f"moa:agent:{job.agent_index}"]
         metadata = {"moa_step": step, "moa_layer": job.layer, "moa_agent_index": job.agent_index}
-        child = patch_config(config, run_name=f"{step}[{job.agent_index}] {job.agent.name}")
-        child["tags"] = [*child.get("tags", []), *tags]
-        child["metadata"] = {**child.get("metadata", {}), **metadata}
+        child: RunnableConfig = {**config}  # type: ignore[typeddict-item]
+        child.pop("run_id", None)
+        child["run_name"] = f"{step}[{job.agent_index}] {job.agent.name}"
+        child["tags"] = [*config.get("tags", []), *tags]
+        child["metadata"] = {**config.get("metadata", {}), **metadata}
         return child
 
     def make_record(
@@ -493,7 +567,8 @@ class LLMStep(Step):
         charge = _budget.reserve(config, self, job)  # raises BudgetExceededError
         started = time.perf_counter()
         try:
-            reply = runnable.invoke(job.messages, self.call_config(job, config))
+            target, kwargs = _unbind(runnable)
+            reply = target.invoke(job.messages, self.call_config(job, config), **kwargs)
         except Exception as exc:  # recorded, then judged by the step's quorum rule
             record = charge.settle(self.make_record(job, None, started, exc))
             return Result(job, record, exception=exc)
@@ -503,7 +578,8 @@ class LLMStep(Step):
         charge = _budget.reserve(config, self, job)  # raises BudgetExceededError
         started = time.perf_counter()
         try:
-            reply = await runnable.ainvoke(job.messages, self.call_config(job, config))
+            target, kwargs = _unbind(runnable)
+            reply = await target.ainvoke(job.messages, self.call_config(job, config), **kwargs)
         except Exception as exc:
             record = charge.settle(self.make_record(job, None, started, exc))
             return Result(job, record, exception=exc)
@@ -536,7 +612,7 @@ class LLMStep(Step):
                 lambda: self._call(job, job.fallback, config)
             )
             for record in result.records:
-                dispatch_custom_event(CALL_EVENT, record.model_dump(), config=config)
+                emit(config, CALL_EVENT, record.model_dump)
             return result
 
         if len(jobs) == 1:
@@ -560,12 +636,32 @@ class LLMStep(Step):
                 first = await self._acall(job, job.runnable, config)
                 result = await first.or_afallback(lambda: self._acall(job, job.fallback, config))
             for record in result.records:
-                await adispatch_custom_event(CALL_EVENT, record.model_dump(), config=config)
+                await aemit(config, CALL_EVENT, record.model_dump)
             return result
 
         results = list(await asyncio.gather(*(one(j) for j in jobs)))
         report.calls.extend(record for result in results for record in result.records)
         return results
+
+
+try:  # BaseChatModel.bind returns this RunnableBinding subclass (langchain-core >= 1.8)
+    from langchain_core.language_models.chat_models import _ChatModelBinding
+
+    _PLAIN_BINDINGS: tuple[type, ...] = (RunnableBinding, _ChatModelBinding)
+except ImportError:  # pragma: no cover - older langchain-core
+    _PLAIN_BINDINGS = (RunnableBinding,)
+
+
+def _unbind(runnable: Runnable) -> tuple[Runnable, dict[str, Any]]:
+    """A plain ``.bind(**kwargs)`` as ``(bound, kwargs)``: calling ``bound`` with the
+    kwargs is what the binding does, minus a config merge per call."""
+    if (
+        type(runnable) in _PLAIN_BINDINGS
+        and not runnable.config
+        and not runnable.config_factories
+    ):
+        return runnable.bound, runnable.kwargs
+    return runnable, {}
 
 
 def _has_tool_calls(message: Any) -> bool:

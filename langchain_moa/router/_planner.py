@@ -81,11 +81,19 @@ class Planner:
         others' skip reasons in ``req.candidates``; returns ``(deployment, retry)``
         entries, retries of a deployment right after its first try.
 
-        A new request that finds others queued for the same deployments joins the
-        queue instead (returns no entries; :meth:`sleep` waits for its turn)."""
-        if req.waiter is None and req.passes == 0 and self._queue(req).busy():
-            self._join(req, time.time())
-            return []
+        A new request that finds others queued for the same deployments, or every
+        deployment at a rate / concurrency limit, joins the queue instead (returns no
+        entries; :meth:`sleep` waits for its turn): no pass is planned only to be
+        refused."""
+        if req.waiter is None and req.passes == 0 and self._limits_set(req):
+            now = time.time()
+            q = self._queue(req)
+            if q.busy() or self._at_limit(req, now):
+                self._join(req, now)
+                req.queue["nap_queued"] = True
+                return []
+            q.begin_planning()  # arrivals queue behind this pass until it is admitted
+            req.queue["planning"] = True
         req.new_pass()
         now = time.time()
         eligible: list[Deployment] = []
@@ -153,6 +161,7 @@ class Planner:
     def release_pending(self, req: Request) -> None:
         """The request ends (answered or raised): give back its least-busy
         reservation and its place in the queue."""
+        self._end_planning(req)
         self._leave(req)
         self._drop_pending(req)
 
@@ -218,6 +227,7 @@ class Planner:
         if req.waiter is not None:
             req.queue["was_head"] = self._queue(req).is_head(req.waiter)
             self._leave(req)
+        self._end_planning(req)
         self.stats[name].admitted(req.queued_s)
 
     # ------------------------------------------------------------------ the queue
@@ -296,8 +306,9 @@ class Planner:
             NoDeploymentAvailableError: none ever can, or not within the deadline
                 (time queued behind limits does not count).
         """
-        if req.waiter is not None and not self._queue(req).is_head(req.waiter):
-            return 0.0
+        if req.waiter is not None and (req.passes == 0 or not self._queue(req).is_head(req.waiter)):
+            return 0.0  # queued on arrival, or waiting its turn
+        self._end_planning(req)  # the pass ended without an admission
         now = time.time()
         ready: dict[str, tuple[float, bool]] = {}
         for d in req.deployments:
@@ -348,10 +359,13 @@ class Planner:
 
     def sleep(self, req: Request, wait: float) -> None:
         """Wait in the queue: the head sleeps ``wait`` seconds (or until capacity
-        frees), the others until it is their turn."""
+        frees), the others until it is their turn; then, as head, until
+        :meth:`ready_at` (so that its next pass is not refused)."""
         t0 = time.time()
         head = self._join(req, t0)
         req.waiter.sleep(wait if head else None)
+        while (nap := self._nap(req)) is not None:
+            req.waiter.sleep(nap)
         self._slept(req, t0, head)
 
     async def asleep(self, req: Request, wait: float) -> None:
@@ -359,7 +373,84 @@ class Planner:
         t0 = time.time()
         head = self._join(req, t0)
         await req.waiter.asleep(wait if head else None)
+        while (nap := self._nap(req)) is not None:
+            await req.waiter.asleep(nap)
         self._slept(req, t0, head)
+
+    def _nap(self, req: Request) -> float | None:
+        """Seconds the head should still sleep before planning (``None``: plan now)."""
+        if self._queue(req).planning > 0:
+            return 0.05  # an arrival's pass is under way; its end wakes the head
+        now = time.time()
+        t = self.ready_at(req, now)
+        return t - now if now < t < math.inf else None
+
+    def ready_at(self, req: Request, now: float) -> float:
+        """Earliest time (epoch s) one of ``req``'s deployments could admit it, read
+        without taking anything: health windows, the GCRA schedules, full
+        concurrency slots (``now + SLOT_POLL_S``: a release wakes the head sooner).
+        ``math.inf`` when none can (planning will say why). Records what limits
+        (``req.queue["limited_by"]``, the deployment's stats)."""
+        best, name, factor = self._ready(req, now)
+        if name is not None and factor is not None and best > now:
+            self._limited(req, name, factor, best)
+        return best
+
+    @staticmethod
+    def _limits_set(req: Request) -> bool:
+        lim = req.limits
+        return bool(lim.rpm or lim.tpm or lim.max_concurrency) or any(
+            d.rpm or d.tpm or d.max_concurrency for d in req.deployments
+        )
+
+    def _end_planning(self, req: Request) -> None:
+        if req.queue.pop("planning", None):
+            self._queue(req).end_planning()
+
+    def _at_limit(self, req: Request, now: float) -> bool:
+        """Whether every deployment of ``req`` is at a rate or concurrency limit now."""
+        t, name, factor = self._ready(req, now)
+        if t > now and t < math.inf and name is not None and factor in ("rpm", "tpm", "concurrency"):
+            self._limited(req, name, factor, t)
+            return True
+        return False
+
+    def _ready(self, req: Request, now: float) -> tuple[float, str | None, str | None]:
+        best, best_name, best_factor = math.inf, None, None
+        lim = req.limits
+        router_keys = [f"{k}:{ROUTER_SCOPE}" for k, v in (("rpm", lim.rpm), ("tpm", lim.tpm)) if v]
+        router_full = (
+            lim.max_concurrency is not None
+            and self.store.slot_count(f"inflight:{ROUTER_SCOPE}") >= lim.max_concurrency
+        )
+        for d in req.deployments:
+            name = str(d.name)
+            if name in req.exhausted or context_skip(req, d):
+                continue
+            state, until = state_of(self.store.health_get(name), now)
+            if state == "disabled":
+                continue
+            t, factor = now, None
+            if state in ("cooling", "open") and until is not None:
+                t, factor = until, "cooldown"
+            own = [(k, v) for k, v in (("rpm", d.rpm), ("tpm", d.tpm)) if v]
+            keys = router_keys + [f"{k}:{name}" for k, _ in own]
+            tat = self.store.limits_peek(keys) if keys else None
+            if tat is not None and tat > t:
+                kinds = {k for k, _ in own} | {k.split(":")[0] for k in router_keys}
+                t, factor = tat, "tpm" if kinds == {"tpm"} else "rpm" if kinds == {"rpm"} else (
+                    "tpm" if self.store.limits_peek([k for k in keys if k.startswith("tpm")])
+                    == tat else "rpm"
+                )
+            if router_full or (
+                d.max_concurrency is not None
+                and self.store.slot_count(f"inflight:{name}") >= d.max_concurrency
+            ):
+                if now + SLOT_POLL_S > t:
+                    t, factor = now + SLOT_POLL_S, "concurrency"
+            if t < best:
+                best, best_name, best_factor = t, name, factor
+        return best, best_name, best_factor
 
     def _slept(self, req: Request, t0: float, head: bool) -> None:
         elapsed = time.time() - t0

@@ -75,14 +75,26 @@ class WaitQueue:
         self.line: deque[Waiter] = deque()
         self.wakeups = 0
         """Times a waiter was woken (head promotions and capacity notices)."""
+        self.planning = 0
+        """Requests not queued that are planning a pass right now (arrivals)."""
 
     def __len__(self) -> int:
         with self._lock:
             return len(self.line) + (self.head is not None)
 
     def busy(self) -> bool:
-        """Whether someone is waiting (a new request must queue behind them)."""
-        return self.head is not None
+        """Whether someone is waiting or planning (a new request queues behind them)."""
+        return self.head is not None or self.planning > 0
+
+    def begin_planning(self) -> None:
+        with self._lock:
+            self.planning += 1
+
+    def end_planning(self) -> None:
+        """A pass planned outside the queue ended (admitted or refused): wake the head."""
+        with self._lock:
+            self.planning = max(0, self.planning - 1)
+        self.notify()
 
     def join(self, now: float, front: bool = False) -> tuple[Waiter, bool]:
         """Queue a request: ``(waiter, is_head)``. ``front``: it was at the head

@@ -58,6 +58,12 @@ class RouterStore(ABC):
         """Move schedule ``key`` by ``seconds`` (negative = earlier): TPM
         reconciliation, or a refund for a request that was never sent."""
 
+    def limits_peek(self, keys: Sequence[str]) -> float | None:
+        """The latest theoretical arrival time (epoch s) of the schedules ``keys``
+        (``None``: none set), without admitting anything. The queue's head uses it
+        to sleep until its start instead of planning a pass that would be refused."""
+        return None
+
     # --- concurrency slots -----------------------------------------------------------
     @abstractmethod
     def slot_acquire(self, key: str, limit: int | None) -> bool:
@@ -124,6 +130,10 @@ class InMemoryStore(RouterStore):
         with self._lock:
             if key in self._tat:
                 self._tat[key] += seconds
+
+    def limits_peek(self, keys: Sequence[str]) -> float | None:
+        tats = [t for t in map(self._tat.get, keys) if t is not None]
+        return max(tats) if tats else None
 
     def slot_acquire(self, key: str, limit: int | None) -> bool:
         with self._lock:
@@ -244,6 +254,12 @@ class RedisStore(RouterStore):
 
     def limits_adjust(self, key: str, seconds: float) -> None:
         self._adjust(keys=[self._k("gcra", key)], args=[repr(float(seconds))])
+
+    def limits_peek(self, keys: Sequence[str]) -> float | None:
+        if not keys:
+            return None
+        tats = [float(v) for v in self._r.mget([self._k("gcra", k) for k in keys]) if v]
+        return max(tats) if tats else None
 
     def slot_acquire(self, key: str, limit: int | None) -> bool:
         return (

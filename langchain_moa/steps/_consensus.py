@@ -134,7 +134,12 @@ def _provenance(state: MoAState, index: int) -> dict[str, Any]:
 def _source_record(calls: list[CallRecord], candidate: Candidate) -> CallRecord:
     if 0 <= candidate.call_index < len(calls):
         return calls[candidate.call_index]
-    return CallRecord(step=candidate.step, layer=candidate.layer, agent_index=candidate.agent_index, model=candidate.model)
+    return CallRecord(
+        step=candidate.step,
+        layer=candidate.layer,
+        agent_index=candidate.agent_index,
+        model=candidate.model,
+    )
 
 
 def _vote_message(
@@ -144,25 +149,36 @@ def _vote_message(
     output: str,
     extra: dict[str, Any],
 ) -> AIMessage:
-    """The final ``AIMessage`` of a vote: the first supporter's text (or the answer)."""
-    chosen = result.supporters[0]
+    """The final ``AIMessage`` of a vote: the first supporter's text (or the answer);
+    with no winner (``no_answer="first"``), the first candidate's text."""
+    chosen = result.supporters[0] if result.supporters else 0
     candidate = state.candidates[chosen]
-    text = candidate.text if output == "candidate" else str(result.winner)
+    if result.winner is None:
+        text = candidate.text
+        extra = {**extra, "no_answer": True}
+    else:
+        text = candidate.text if output == "candidate" else str(result.winner)
     message = final_message(
         text, calls, state.layer + 1, _source_record(calls, candidate), chosen=chosen
     )
     message.response_metadata["moa"].update(
         {
-            "answer": str(result.winner),
+            "answer": None if result.winner is None else str(result.winner),
             "votes": {str(a): v for a, v in result.votes.items()},
             "shares": result.shares(),
             "supporters": list(result.supporters),
             "abstained": [i for i, a in enumerate(result.answers) if a is None],
-            "provenance": [_provenance(state, i) for i in result.supporters],
+            "provenance": [_provenance(state, i) for i in result.supporters or (chosen,)],
             **extra,
         }
     )
     return message
+
+
+def _check_no_answer(no_answer: Any) -> str:
+    if no_answer not in ("raise", "first"):
+        raise ConfigurationError(f"no_answer must be 'raise' or 'first', got {no_answer!r}")
+    return no_answer
 
 
 def _check_output(output: Any) -> str:
@@ -197,6 +213,10 @@ class MajorityVote(_Judge):
         embeddings: see above. ``similarity`` in (0, 1], default 0.9.
         output: ``"candidate"`` (default) returns the first supporting candidate's text
             verbatim; ``"answer"`` returns the canonical answer only.
+        no_answer: when no candidate has an extractable answer: ``"raise"`` (default)
+            or ``"first"`` — return the first candidate, marked
+            ``response_metadata["moa"]["no_answer"] = True`` (for questions that may not
+            have the answer kind the extractor looks for).
         temperature, max_tokens, prompt, structured, client, prices: of the judge call,
             as for :class:`Vote` (default temperature 0, 512 tokens).
 
@@ -221,6 +241,7 @@ class MajorityVote(_Judge):
     embeddings: Any = None
     similarity: float = 0.9
     output: str = "candidate"
+    no_answer: str = "raise"
 
     def __init__(
         self,
@@ -230,6 +251,7 @@ class MajorityVote(_Judge):
         embeddings: Embeddings | None = None,
         similarity: float = 0.9,
         output: Literal["candidate", "answer"] = "candidate",
+        no_answer: Literal["raise", "first"] = "raise",
         temperature: float | None | _Default = DEFAULT,
         max_tokens: int | None | _Default = DEFAULT,
         temp: float | None = None,
@@ -260,12 +282,13 @@ class MajorityVote(_Judge):
         ):
             raise ConfigurationError(f"similarity must be in (0, 1], got {similarity!r}")
         fields = {
-            "extract": None if modes and modes[0] != "extract" else extractor(
-                "number" if extract is DEFAULT else extract
-            ),
+            "extract": None
+            if modes and modes[0] != "extract"
+            else extractor("number" if extract is DEFAULT else extract),
             "embeddings": embeddings,
             "similarity": float(similarity),
             "output": _check_output(output),
+            "no_answer": _check_no_answer(no_answer),
         }
         settings = {
             "temperature": temperature,
@@ -313,7 +336,9 @@ class MajorityVote(_Judge):
                 }
             )
         if self.embeddings is not None:
-            params.update({"embeddings": type(self.embeddings).__name__, "similarity": self.similarity})
+            params.update(
+                {"embeddings": type(self.embeddings).__name__, "similarity": self.similarity}
+            )
         return params
 
     @property
@@ -362,12 +387,15 @@ class MajorityVote(_Judge):
                 label = f"group of response {min(members) + 1}"
                 for m in members:
                     labels[m] = label
-        return [label if label is not None else f"group of response {i + 1}" for i, label in enumerate(labels)]
+        return [
+            label if label is not None else f"group of response {i + 1}"
+            for i, label in enumerate(labels)
+        ]
 
     def _finish(self, report: StepReport, answers: list[Hashable | None]) -> AIMessage:
         state = report.state
         result = tally(answers)
-        if result.winner is None:
+        if result.winner is None and self.no_answer == "raise":
             raise AggregatorError(
                 type(self).__name__,
                 self._name(),
@@ -445,12 +473,15 @@ class AdaptiveMajorityVote(LLMStep):
             round trips on a server with parallel slots.
         criterion, threshold: see above; ``threshold`` in (0, 1], default 0.7.
         temperature: of the samples (alias ``temp``), default 0.7; max_tokens default 2048.
-        output: ``"candidate"`` or ``"answer"``, as for :class:`MajorityVote`.
+        output, no_answer: as for :class:`MajorityVote`; with ``no_answer="first"``
+            sampling stops after ``min_samples`` when none had an extractable answer
+            (``stopped="no_answer"``), so a free-text question costs ``min_samples`` calls.
         prompt, max_concurrency, client, prices: as for :class:`Propose`.
 
     Output: an ``AIMessage`` as from :class:`MajorityVote`, plus
     ``response_metadata["moa"]["samples"]`` (samples drawn, this step and earlier),
-    ``"rounds"`` and ``"stopped"`` (``"unbeatable"``, ``"threshold"`` or ``"max_samples"``).
+    ``"rounds"`` and ``"stopped"`` (``"unbeatable"``, ``"threshold"``, ``"max_samples"`` or
+    ``"no_answer"``).
     Every sampling call is in the history and in ``calls``.
 
     Raises:
@@ -468,6 +499,7 @@ class AdaptiveMajorityVote(LLMStep):
     criterion: str = "share"
     threshold: float = 0.7
     output: str = "candidate"
+    no_answer: str = "raise"
 
     def __init__(
         self,
@@ -480,6 +512,7 @@ class AdaptiveMajorityVote(LLMStep):
         criterion: Criterion = "share",
         threshold: float = 0.7,
         output: Literal["candidate", "answer"] = "candidate",
+        no_answer: Literal["raise", "first"] = "raise",
         temperature: float | None | _Default = DEFAULT,
         max_tokens: int | None | _Default = DEFAULT,
         temp: float | None = None,
@@ -499,8 +532,7 @@ class AdaptiveMajorityVote(LLMStep):
         validate_positive_int(min_samples, "min_samples")
         if min_samples > max_samples:
             raise ConfigurationError(
-                f"min_samples must be between 1 and max_samples ({max_samples}), "
-                f"got {min_samples}"
+                f"min_samples must be between 1 and max_samples ({max_samples}), got {min_samples}"
             )
         validate_positive_int(round_size, "round_size")
         if criterion not in ("share", "beta"):
@@ -520,6 +552,7 @@ class AdaptiveMajorityVote(LLMStep):
             criterion=criterion,
             threshold=float(threshold),
             output=_check_output(output),
+            no_answer=_check_no_answer(no_answer),
             prices=prices,
             **settings,
         )
@@ -547,6 +580,8 @@ class AdaptiveMajorityVote(LLMStep):
         """Why sampling may stop after ``drawn`` samples with this tally, or ``None``."""
         if drawn >= self.max_samples:
             return "max_samples"
+        if result.winner is None and result.n and drawn >= self.min_samples:
+            return "no_answer" if self.no_answer == "first" else None
         if result.winner is None or drawn < self.min_samples:
             return None
         if result.leader - result.runner_up > self.max_samples - drawn:
@@ -557,7 +592,9 @@ class AdaptiveMajorityVote(LLMStep):
             confident = beta_confidence(result.leader, result.runner_up) >= self.threshold
         return "threshold" if confident else None
 
-    def _round_jobs(self, state: MoAState, drawn: int, config: RunnableConfig, layer: int) -> list[Job]:
+    def _round_jobs(
+        self, state: MoAState, drawn: int, config: RunnableConfig, layer: int
+    ) -> list[Job]:
         size = self.min_samples - drawn if drawn < self.min_samples else self.round_size
         size = max(1, min(size, self.max_samples - drawn))
         messages = with_system(state.messages, self.prompt) if self.prompt else state.messages
@@ -577,10 +614,16 @@ class AdaptiveMajorityVote(LLMStep):
                 rec = r.record
                 candidates.append(
                     Candidate(
-                        text=rec.output or "", model=rec.model, step=rec.step, layer=rec.layer,
-                        agent_index=rec.agent_index, call_index=index[id(rec)],
-                        input_tokens=rec.input_tokens, output_tokens=rec.output_tokens,
-                        latency_s=rec.latency_s, cost_usd=rec.cost_usd,
+                        text=rec.output or "",
+                        model=rec.model,
+                        step=rec.step,
+                        layer=rec.layer,
+                        agent_index=rec.agent_index,
+                        call_index=index[id(rec)],
+                        input_tokens=rec.input_tokens,
+                        output_tokens=rec.output_tokens,
+                        latency_s=rec.latency_s,
+                        cost_usd=rec.cost_usd,
                     )
                 )
         return state.model_copy(update={"candidates": candidates, "layer": layer})
@@ -623,8 +666,16 @@ class AdaptiveMajorityVote(LLMStep):
             state, stopped, result = self._after_round(report, state, results, attempts, layer)
         return self._finish(report, state, result, attempts, rounds, stopped)
 
-    def _finish(self, report: StepReport, state: MoAState, result: Tally, attempts: int, rounds: int, stopped: str) -> AIMessage:
-        if result.winner is None:
+    def _finish(
+        self,
+        report: StepReport,
+        state: MoAState,
+        result: Tally,
+        attempts: int,
+        rounds: int,
+        stopped: str,
+    ) -> AIMessage:
+        if result.winner is None and (self.no_answer == "raise" or not state.candidates):
             raise AggregatorError(
                 type(self).__name__,
                 self.agent.name,

@@ -116,7 +116,9 @@ def proposers(*texts):
 
 def test_majority_vote_returns_most_frequent_answer_with_metadata_and_no_call():
     history = MoAHistoryHandler()
-    moa = Propose(proposers("x = 3. Answer: 12", "Answer: 7", "so 12.00", "nothing")) | MajorityVote()
+    moa = (
+        Propose(proposers("x = 3. Answer: 12", "Answer: 7", "so 12.00", "nothing")) | MajorityVote()
+    )
     out = moa.invoke("q", config={"callbacks": [history]})
     assert isinstance(out, AIMessage)
     assert out.content == "x = 3. Answer: 12"  # the first supporter, verbatim
@@ -142,7 +144,9 @@ def test_majority_vote_output_answer_and_str_parser():
 
 
 def test_majority_vote_tie_goes_to_the_earliest_candidate():
-    out = (Propose(proposers("Answer: 5", "Answer: 9", "Answer: 9", "Answer: 5")) | MajorityVote()).invoke("q")
+    out = (
+        Propose(proposers("Answer: 5", "Answer: 9", "Answer: 9", "Answer: 5")) | MajorityVote()
+    ).invoke("q")
     assert out.response_metadata["moa"]["answer"] == "5"
     assert out.response_metadata["moa"]["chosen"] == 0
 
@@ -259,7 +263,9 @@ def test_adaptive_draws_more_on_disagreement_and_stops_at_max_samples():
 def test_adaptive_stops_when_leader_cannot_be_overtaken():
     # threshold 1.0 never fires early; 3 votes vs 0 with 2 samples left is settled
     model = chat("Answer: 8")
-    out = AdaptiveMajorityVote(model, max_samples=5, min_samples=3, threshold=1.0, criterion="beta").invoke("q")
+    out = AdaptiveMajorityVote(
+        model, max_samples=5, min_samples=3, threshold=1.0, criterion="beta"
+    ).invoke("q")
     assert out.response_metadata["moa"]["stopped"] == "unbeatable"
     assert len(model.calls) == 3
 
@@ -284,7 +290,11 @@ def test_adaptive_counts_existing_candidates_and_round_size():
     assert meta["samples"] == 4 and meta["rounds"] == 1 and len(sampler.calls) == 2
     assert meta["answer"] == "2" and meta["calls"] == 4
     assert meta["supporters"] == [1, 2, 3]
-    assert [p["step"] for p in meta["provenance"]] == ["Propose", "AdaptiveMajorityVote", "AdaptiveMajorityVote"]
+    assert [p["step"] for p in meta["provenance"]] == [
+        "Propose",
+        "AdaptiveMajorityVote",
+        "AdaptiveMajorityVote",
+    ]
 
 
 def test_adaptive_failed_calls_count_and_are_recorded():
@@ -324,3 +334,27 @@ def test_adaptive_async():
 def test_adaptive_rejects_bad_parameters(kwargs, name):
     with pytest.raises(ConfigurationError, match=name):
         AdaptiveMajorityVote(chat("x"), **kwargs)
+
+
+def test_no_answer_first_returns_the_first_candidate_marked():
+    moa = Propose(proposers("CRDTs merge without coordination.", "They converge.")) | MajorityVote(
+        no_answer="first"
+    )
+    out = moa.invoke("Explain CRDTs")
+    meta = out.response_metadata["moa"]
+    assert out.content == "CRDTs merge without coordination."
+    assert meta["no_answer"] is True and meta["answer"] is None and meta["chosen"] == 0
+    assert meta["abstained"] == [0, 1] and meta["provenance"][0]["index"] == 0
+
+
+def test_adaptive_no_answer_first_stops_after_min_samples():
+    model = chat("CRDTs converge.", "They merge.", "Answer: 3")
+    out = AdaptiveMajorityVote(model, max_samples=5, no_answer="first").invoke("Explain CRDTs")
+    meta = out.response_metadata["moa"]
+    assert meta["stopped"] == "no_answer" and meta["samples"] == 2 and len(model.calls) == 2
+    assert out.content == "CRDTs converge." and meta["no_answer"] is True
+    # every call failed: nothing to return, it raises
+    with pytest.raises(AggregatorError):
+        AdaptiveMajorityVote(chat(RuntimeError("x")), max_samples=2, no_answer="first").invoke("q")
+    with pytest.raises(ConfigurationError, match="no_answer"):
+        MajorityVote(no_answer="ignore")

@@ -220,12 +220,17 @@ class Planner:
     def _limited(self, req: Request, name: str, factor: str, until: float | None) -> None:
         req.queue["limited_by"] = factor
         req.queue["limited_deployment"] = name
+        self._queue(req).limited = (factor, name)
         self.stats[name].limited(factor, until)
 
     def _admitted(self, req: Request, name: str, now: float) -> None:
         """The request got capacity: it leaves the queue (the next one becomes head)."""
         if req.waiter is not None:
-            req.queue["was_head"] = self._queue(req).is_head(req.waiter)
+            q = self._queue(req)
+            req.queue["was_head"] = q.is_head(req.waiter)
+            if "limited_by" not in req.queue and q.limited is not None:
+                # it waited behind others: what held the queue up held it up
+                req.queue["limited_by"], req.queue["limited_deployment"] = q.limited
             self._leave(req)
         self._end_planning(req)
         self.stats[name].admitted(req.queued_s)

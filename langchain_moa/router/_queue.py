@@ -77,6 +77,8 @@ class WaitQueue:
         """Times a waiter was woken (head promotions and capacity notices)."""
         self.planning = 0
         """Requests not queued that are planning a pass right now (arrivals)."""
+        self.limited: tuple[str, str] | None = None
+        """The last ``(factor, deployment)`` that made a request of this queue wait."""
 
     def __len__(self) -> int:
         with self._lock:

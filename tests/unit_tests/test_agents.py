@@ -273,3 +273,18 @@ def test_a_function_returning_the_wrong_shape_is_a_clear_recorded_error():
         Propose(["m"], client=just_text).invoke("q")
     [(_, error)] = info.value.errors
     assert error.startswith("TypeError: the client function must return (text, input_tokens")
+
+
+def test_a_client_agent_builds_its_model_once() -> None:
+    """a6952f6 built a new ClientChatModel on every call (and LangChain recomputed its
+    serialised form each time)."""
+    from langchain_moa._agents import CLIENT_CONFIG_KEY, Agent
+
+    async def client(model, messages, temp, max_tokens):  # type: ignore[no-untyped-def]
+        return "x", 1, 1
+
+    step_client = Agent("gpt-4o", client=client)
+    assert step_client.runnable() is step_client.runnable()
+    from_config = Agent("gpt-4o")
+    config = {"configurable": {CLIENT_CONFIG_KEY: client}}
+    assert from_config.runnable(config) is from_config.runnable(config)

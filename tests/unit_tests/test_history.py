@@ -230,3 +230,41 @@ def test_batch_steps_carry_distinct_run_ids():
                                                          config={"callbacks": [history]})
     assert len(history.steps) == 4
     assert len({s.run_id for s in history.steps}) == 4
+
+
+# -- the handler on the hot path -------------------------------------------------------
+
+
+def test_handler_runs_inline_in_the_calling_thread() -> None:
+    """No thread-pool hop per event (a6952f6 sent every event of an async run through
+    an executor thread)."""
+    import threading
+
+    seen: list[int] = []
+
+    class Recording(MoAHistoryHandler):
+        def on_custom_event(self, name, data, **kwargs):  # type: ignore[no-untyped-def]
+            seen.append(threading.get_ident())
+            super().on_custom_event(name, data, **kwargs)
+
+    history = Recording()
+
+    async def main() -> int:
+        await (Propose([chat("a"), chat("b")]) | Aggregate(chat("c"))).ainvoke(
+            "q", config={"callbacks": [history]}
+        )
+        return threading.get_ident()
+
+    import asyncio
+
+    loop_thread = asyncio.run(main())
+    assert seen and set(seen) == {loop_thread}
+    assert [s.step for s in history.steps] == ["Propose", "Aggregate"]
+
+
+def test_handler_is_thread_safe_under_batch() -> None:
+    history = MoAHistoryHandler()
+    moa = Propose([chat("a", delay=0.01)] * 4) | Aggregate(chat("c"))
+    moa.batch([f"q{i}" for i in range(16)], config={"callbacks": [history], "max_concurrency": 16})
+    assert len(history.steps) == 32
+    assert len(history.calls) == 16 * 5

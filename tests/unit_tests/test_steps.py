@@ -562,3 +562,19 @@ def test_refine_quorum_is_capped_at_the_number_of_candidates():
     failing = [chat("r0"), chat(RuntimeError("r1 down")), chat("r2")]
     with pytest.raises(LayerFailedError, match="fewer than 2.*r1 down"):
         (Propose([chat("a"), chat("b")]) | Refine(failing, min_success=3)).invoke("q")
+
+
+def test_sync_fan_out_uses_a_bounded_default_pool() -> None:
+    """a6952f6 ran one thread per agent (500 agents -> 500 threads); the default now
+    stops at DEFAULT_SYNC_WORKERS, and an explicit max_concurrency still rules."""
+    from langchain_moa.steps._base import DEFAULT_SYNC_WORKERS
+
+    gauge = Gauge()
+    agent = chat("x", delay=0.02, gauge=gauge)
+    out = Propose([agent] * (DEFAULT_SYNC_WORKERS + 36)).invoke("q")
+    assert len(out.candidates) == DEFAULT_SYNC_WORKERS + 36
+    assert 1 < gauge.peak <= DEFAULT_SYNC_WORKERS
+    gauge = Gauge()
+    agent = chat("x", delay=0.02, gauge=gauge)
+    Propose([agent] * 100, max_concurrency=80).invoke("q")
+    assert gauge.peak <= 80

@@ -288,6 +288,39 @@ class TestRouterQueues:
         assert max(m.response_metadata["router"]["queued_s"] for m in out) > 0.3
 
 
+class TestStreamsQueue:
+    async def test_astream_waiters_queue_and_are_paced(self) -> None:
+        llm = TimedChat(replies=["one two three"])
+        router = ProviderRouter(
+            deployments=[Deployment(llm=llm, name="a", rpm=20)], limit_window=1.0, deadline=10.0
+        )
+
+        async def one() -> tuple[str, dict]:
+            chunks = [c async for c in router.astream("q")]
+            meta = [c.response_metadata["router"] for c in chunks if "router" in c.response_metadata]
+            return "".join(c.content for c in chunks), meta[-1]
+
+        out = await asyncio.gather(*[one() for _ in range(8)])
+        assert [text for text, _ in out] == ["one two three"] * 8
+        assert max(meta["passes"] for _, meta in out) <= 2
+        ts = sorted(llm.times)
+        assert min(b - a for a, b in zip(ts, ts[1:], strict=False)) >= 0.035  # 0.05 s pace
+        assert len(router._planner.queues[("a",)]) == 0
+
+    def test_stream_threads_queue(self) -> None:
+        llm = TimedChat(replies=["one two"])
+        router = ProviderRouter(
+            deployments=[Deployment(llm=llm, name="a", rpm=20)], limit_window=1.0, deadline=10.0
+        )
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(6) as pool:
+            texts = list(pool.map(lambda _: "".join(c.content for c in router.stream("q")),
+                                  range(6)))
+        assert texts == ["one two"] * 6
+        assert router.stats()["a"]["queue_depth"] == 0
+
+
 class TestVisibleQueues:
     async def test_stats_and_metadata_show_depth_wait_and_factor(self) -> None:
         llm = ScriptedChat(replies=["ok"])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -111,12 +113,35 @@ class ClientChatModel(BaseChatModel):
 
 
 def _run_coroutine(coro: Awaitable[Any]) -> Any:
-    """Run ``coro`` to completion from sync code, even under a running event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    from concurrent.futures import ThreadPoolExecutor
+    """Run ``coro`` to completion from sync code.
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()  # type: ignore[arg-type]
+    Coroutines of sync callers run on one shared event loop in a daemon thread
+    (``asyncio.run`` per call would build and tear down a loop each time); a coroutine
+    that itself calls back into sync code from that loop's thread gets a loop of its
+    own in a worker thread instead of waiting on itself.
+    """
+    loop, thread = _background_loop()
+    if threading.current_thread() is thread:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, coro).result()  # type: ignore[arg-type]
+    return asyncio.run_coroutine_threadsafe(coro, loop).result()  # type: ignore[arg-type]
+
+
+_LOOP: tuple[asyncio.AbstractEventLoop, threading.Thread, int] | None = None
+_LOOP_LOCK = threading.Lock()
+
+
+def _background_loop() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+    """The shared loop and its thread, started on first use (again after a fork)."""
+    global _LOOP
+    with _LOOP_LOCK:
+        if _LOOP is None or _LOOP[2] != os.getpid() or not _LOOP[1].is_alive():
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(
+                target=loop.run_forever, name="langchain-moa-client-loop", daemon=True
+            )
+            thread.start()
+            _LOOP = (loop, thread, os.getpid())
+        return _LOOP[0], _LOOP[1]

@@ -54,6 +54,18 @@ class StepRecord(BaseModel):
     run_id: str | None = None
 
 
+def _step_record(data: dict[str, Any], run_id: str) -> StepRecord:
+    """A :class:`StepRecord` from a step's event. The steps build the event from typed
+    values, so the records are constructed without a second validation pass; other
+    shapes are validated."""
+    calls = data.get("calls")
+    if isinstance(calls, list) and all(isinstance(c, dict) for c in calls):
+        fields = {**data, "run_id": run_id, "calls": [CallRecord.model_construct(**c) for c in calls]}
+        if set(fields) <= set(StepRecord.model_fields) and "step" in fields:
+            return StepRecord.model_construct(**fields)
+    return StepRecord(**data, run_id=run_id)
+
+
 class MoAHistoryHandler(BaseCallbackHandler):
     """Callback handler that records each MoA step of the runs it is attached to.
 
@@ -103,7 +115,7 @@ class MoAHistoryHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         if name == STEP_EVENT:
-            record = StepRecord(**data, run_id=str(run_id))
+            record = _step_record(data, str(run_id))
             with self._lock:
                 self.steps.append(record)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -305,10 +307,16 @@ class StepReport:
             "layer": out.layer if isinstance(out, MoAState) else self.state.layer + 1,
             "inputs": self.state.texts,
             "outputs": outputs,
-            "calls": [c.model_dump() for c in self.calls],
+            "calls": [record_dict(c) for c in self.calls],
             "time_s": time.perf_counter() - self.started,
             "error": None if error is None else _describe(error),
         }
+
+
+def record_dict(record: CallRecord) -> dict[str, Any]:
+    """``record.model_dump()`` for a flat :class:`CallRecord` (its fields are plain
+    values), without pydantic's serialisation pass."""
+    return dict(record.__dict__)
 
 
 def _describe(exc: BaseException) -> str:
@@ -522,13 +530,14 @@ class LLMStep(Step):
             error_text = None if error is None else _describe(error)
         input_tokens = int(usage.get("input_tokens", 0) or 0)
         output_tokens = int(usage.get("output_tokens", 0) or 0)
-        return CallRecord(
+        # built from values of the right types: no validation pass on the hot path
+        return CallRecord.model_construct(
             step=type(self).__name__,
             layer=job.layer,
             agent_index=job.agent_index,
             model=job.agent.name,
             response_model=response_model,
-            messages=convert_to_openai_messages(job.messages),
+            messages=list(_openai_messages(job.messages)),
             output=text if error is None else None,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
@@ -612,7 +621,7 @@ class LLMStep(Step):
                 lambda: self._call(job, job.fallback, config)
             )
             for record in result.records:
-                emit(config, CALL_EVENT, record.model_dump)
+                emit(config, CALL_EVENT, lambda: record_dict(record))
             return result
 
         if len(jobs) == 1:
@@ -636,7 +645,7 @@ class LLMStep(Step):
                 first = await self._acall(job, job.runnable, config)
                 result = await first.or_afallback(lambda: self._acall(job, job.fallback, config))
             for record in result.records:
-                await aemit(config, CALL_EVENT, record.model_dump)
+                await aemit(config, CALL_EVENT, lambda: record_dict(record))
             return result
 
         results = list(await asyncio.gather(*(one(j) for j in jobs)))
@@ -662,6 +671,30 @@ def _unbind(runnable: Runnable) -> tuple[Runnable, dict[str, Any]]:
     ):
         return runnable.bound, runnable.kwargs
     return runnable, {}
+
+
+_CONVERTED: OrderedDict[tuple[int, ...], tuple[tuple[BaseMessage, ...], list[dict]]] = (
+    OrderedDict()
+)
+_CONVERTED_LOCK = threading.Lock()
+
+
+def _openai_messages(messages: list[BaseMessage]) -> list[dict[str, Any]]:
+    """``convert_to_openai_messages``, once per conversation: a layer's calls all send
+    the same messages. Memoised by message identity (the entry holds the messages, so
+    an id cannot be reused while it is cached); the last 256 conversations are kept."""
+    key = tuple(map(id, messages))
+    with _CONVERTED_LOCK:
+        hit = _CONVERTED.get(key)
+        if hit is not None:
+            _CONVERTED.move_to_end(key)
+            return hit[1]
+    converted = convert_to_openai_messages(messages)
+    with _CONVERTED_LOCK:
+        _CONVERTED[key] = (tuple(messages), converted)
+        if len(_CONVERTED) > 256:
+            _CONVERTED.popitem(last=False)
+    return converted
 
 
 def _has_tool_calls(message: Any) -> bool:

@@ -99,7 +99,9 @@ class Aggregate(LLMStep):
 
     Args:
         agent: the aggregator (model string, chat model, Runnable or client function).
-        temperature: sampling temperature (alias ``temp``); default 0.7.
+        temperature: sampling temperature (alias ``temp``); default 0.7. As for
+            :class:`Propose`, a value given here overrides the agent's own, the default
+            does not, ``None`` sends nothing; the same for ``max_tokens``.
         max_tokens: output budget in tokens; default 2048 — the aggregator often needs
             more room than the references, so presets set it separately.
         prompt: replaces the instruction; the numbered responses are still appended.

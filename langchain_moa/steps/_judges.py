@@ -207,7 +207,8 @@ class Rank(_Judge):
         agent: the judge (model string, chat model, Runnable or client function).
         n: how many candidates to keep (>= 1).
         temperature: default 0 (a judgement, not a creative task); alias ``temp``.
-        max_tokens: output budget of the judgement; default 512.
+        max_tokens: output budget of the judgement; default 512. The defaults apply
+            only where the judge did not set these itself (the rule of :class:`Propose`).
         prompt: replaces the ranking instruction (the JSON format hint stays).
         structured: ``"auto"`` (native structured output, then JSON mode if that
             fails), ``"native"`` or ``"json"``.

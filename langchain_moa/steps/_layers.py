@@ -155,6 +155,12 @@ class Propose(_LayerStep):
             Repeat one model to sample it several times (Self-MoA).
         temperature: sampling temperature (alias ``temp``); default 0.7, the paper's.
         max_tokens: output budget per call, in tokens; default 2048.
+            Both follow one rule for every agent kind: a value given here is sent on
+            every call, overriding the agent's own; the default is sent only where the
+            agent did not set that setting itself (constructor field, ``.bind``,
+            ``init_chat_model`` kwarg); ``None`` sends nothing (see
+            :mod:`langchain_moa._settings`). Each call of the step has its own LangChain
+            cache entries, so repeated agents give distinct samples.
         prompt: optional extra system instruction for the proposers (appended to an
             existing system message). Never formatted, so braces are safe.
         min_success: how many calls must succeed (1..len(agents)); default 1.

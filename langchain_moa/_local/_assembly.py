@@ -36,6 +36,7 @@ from langchain_moa.errors import LocalModelError
 
 __all__ = [
     "CACHE_ENV_VAR",
+    "cache_root",
     "model_cache_dir",
     "assemble",
     "verify_file",
@@ -53,19 +54,27 @@ _TEMP_SUFFIX = ".partial"
 _SIDECAR_SUFFIX = ".verified.json"
 
 
+def cache_root() -> Path:
+    """The per-user cache root: ``$LANGCHAIN_MOA_CACHE``, else
+    ``$XDG_CACHE_HOME/langchain-moa``, else ``~/.cache/langchain-moa``. Holds
+    ``models/`` (assembled GGUF files) and ``engine/`` (the built llama-server).
+    Not created here."""
+    root = os.environ.get(CACHE_ENV_VAR)
+    if root:
+        return Path(root).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "langchain-moa"
+
+
 def model_cache_dir() -> Path:
-    """The directory holding assembled models.
+    """The directory holding assembled models: ``cache_root() / "models"``.
 
     ``$LANGCHAIN_MOA_CACHE/models`` if that variable is set, else
     ``$XDG_CACHE_HOME/langchain-moa/models``, else ``~/.cache/langchain-moa/models``.
     The directory is not created here.
     """
-    root = os.environ.get(CACHE_ENV_VAR)
-    if root:
-        return Path(root).expanduser() / "models"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "langchain-moa" / "models"
+    return cache_root() / "models"
 
 
 def _sidecar(path: Path) -> Path:

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from langchain_moa.errors import ConfigurationError
 
-__all__ = ["chat_model_for_base_url", "loopback_async_http_client"]
+__all__ = ["LlamaServerChatModel", "chat_model_for_base_url", "loopback_async_http_client"]
 
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
@@ -28,6 +28,36 @@ def loopback_async_http_client() -> Any:
     defaults = openai.DEFAULT_CONNECTION_LIMITS
     limits = type(defaults)(max_connections=defaults.max_connections, max_keepalive_connections=0)
     return openai.DefaultAsyncHttpxClient(limits=limits)
+
+
+def _llama_server_chat_model_class() -> type:
+    from langchain_openai.chat_models.base import BaseChatOpenAI
+
+    class LlamaServerChatModel(BaseChatOpenAI):
+        """``BaseChatOpenAI`` whose ``with_structured_output`` defaults to
+        ``method="json_schema"``: OpenAI's ``response_format`` with the JSON schema,
+        which llama.cpp's server enforces with a grammar, so every reply parses.
+        ``BaseChatOpenAI``'s own default, ``"function_calling"``, sends a
+        ``tool_choice`` naming the function, which llama.cpp's server does not honour
+        (it accepts ``"auto"``, ``"none"`` and ``"required"`` only), so the model
+        could answer in prose. Everything else is ``BaseChatOpenAI`` unchanged."""
+
+        def with_structured_output(  # type: ignore[override]
+            self, schema: Any = None, *, method: str = "json_schema", **kwargs: Any
+        ) -> Any:
+            return super().with_structured_output(schema, method=method, **kwargs)
+
+    LlamaServerChatModel.__module__ = __name__
+    LlamaServerChatModel.__qualname__ = "LlamaServerChatModel"
+    return LlamaServerChatModel
+
+
+def __getattr__(name: str) -> Any:  # the class is built lazily: langchain_openai is heavy
+    if name == "LlamaServerChatModel":
+        cls = _llama_server_chat_model_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(name)
 
 
 def chat_model_for_base_url(
@@ -63,7 +93,7 @@ def chat_model_for_base_url(
         ConfigurationError: ``base_url`` is not an ``http(s)://`` URL or ``model``
             is empty.
     """
-    from langchain_openai.chat_models.base import BaseChatOpenAI
+    from langchain_moa.providers import openai_compatible_chat_model
 
     if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
         raise ConfigurationError(
@@ -72,13 +102,12 @@ def chat_model_for_base_url(
         )
     if not isinstance(model, str) or not model.strip():
         raise ConfigurationError(f"model must be a non-empty string, got {model!r}")
-    kwargs.setdefault("max_retries", 0)
-    kwargs.setdefault("stream_usage", True)
     if urlsplit(base_url).hostname in _LOOPBACK_HOSTS and "http_async_client" not in kwargs:
         kwargs["http_async_client"] = loopback_async_http_client()
-    return BaseChatOpenAI(
-        base_url=base_url.rstrip("/"),
-        model=model,
-        api_key=api_key or "not-needed",
-        **kwargs,
+    # the package's one client factory: BaseChatOpenAI, max_retries=0, stream_usage=True
+    base = openai_compatible_chat_model(
+        "llamacpp", model, base_url=base_url.rstrip("/"), api_key=api_key or "not-needed", **kwargs
     )
+    # the same fields (clients included, nothing rebuilt) on the llama.cpp subclass
+    cls = globals().get("LlamaServerChatModel") or __getattr__("LlamaServerChatModel")
+    return cls(**{name: getattr(base, name) for name in base.model_fields_set})

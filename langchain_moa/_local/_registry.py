@@ -11,7 +11,7 @@ from typing import Any
 from langchain_moa._local._assembly import ensure_model
 from langchain_moa._local._catalog import DEFAULT_LOCAL_MODEL, resolve_bundled_model
 from langchain_moa._local._clients import chat_model_for_base_url
-from langchain_moa._local._server import LocalServer, require_llama_cpp
+from langchain_moa._local._server import DEFAULT_SLOTS, LocalServer, require_llama_cpp
 from langchain_moa.errors import ConfigurationError
 
 __all__ = [
@@ -52,18 +52,20 @@ def get_local_server(
     name: str = DEFAULT_LOCAL_MODEL,
     *,
     n_ctx: int = 4096,
+    slots: int = DEFAULT_SLOTS,
     n_threads: int | None = None,
-    chat_format: str | None = None,
+    chat_template: str | None = None,
     startup_timeout: float = 120.0,
 ) -> LocalServer:
-    """The running shared server for ``name``, started (and the model assembled) if needed.
+    """The running shared server for ``name``, started (and the model assembled and the
+    engine built) if needed.
 
-    One server per (model, n_ctx, n_threads, chat_format) per process; a server that
-    died is restarted. Thread-safe: concurrent callers wait for one start.
+    One server per (model, n_ctx, slots, n_threads, chat_template) per process; a
+    server that died is restarted. Thread-safe: concurrent callers wait for one start.
 
     Args:
         name: ``"qwen2.5-coder-0.5b"``, ``"qwen2.5-coder-1.5b"`` or a ``.gguf`` path.
-        n_ctx, n_threads, chat_format, startup_timeout: see :class:`LocalServer`.
+        n_ctx, slots, n_threads, chat_template, startup_timeout: see :class:`LocalServer`.
 
     Raises:
         ConfigurationError: unknown name or bad parameter.
@@ -74,8 +76,9 @@ def get_local_server(
         path,
         alias,
         n_ctx=n_ctx,
+        slots=slots,
         n_threads=n_threads,
-        chat_format=chat_format,
+        chat_template=chat_template,
         startup_timeout=startup_timeout,
     )
 
@@ -85,11 +88,12 @@ def _shared_server(
     alias: str,
     *,
     n_ctx: int = 4096,
+    slots: int = DEFAULT_SLOTS,
     n_threads: int | None = None,
-    chat_format: str | None = None,
+    chat_template: str | None = None,
     startup_timeout: float = 120.0,
 ) -> LocalServer:
-    key = (str(path), n_ctx, n_threads, chat_format)
+    key = (str(path), n_ctx, slots, n_threads, chat_template)
     with _registry_lock:
         key_lock = _key_locks.setdefault(key, threading.Lock())
     with key_lock:
@@ -98,8 +102,9 @@ def _shared_server(
             server = LocalServer(
                 path,
                 n_ctx=n_ctx,
+                slots=slots,
                 n_threads=n_threads,
-                chat_format=chat_format,
+                chat_template=chat_template,
                 model_alias=alias,
                 startup_timeout=startup_timeout,
             ).start()
@@ -112,23 +117,25 @@ def get_local_chat_model(
     name: str = DEFAULT_LOCAL_MODEL,
     *,
     n_ctx: int = 4096,
+    slots: int = DEFAULT_SLOTS,
     n_threads: int | None = None,
-    chat_format: str | None = None,
+    chat_template: str | None = None,
     startup_timeout: float = 120.0,
     **kwargs: Any,
 ) -> Any:
     """A chat model on the bundled local model ``name``; no API key needed.
 
     The first call assembles the model into the cache (once per machine, see
-    :func:`ensure_model`) and starts its server (a few seconds); later calls reuse
-    the server. If :data:`LOCAL_BASE_URL_ENV` is set, nothing is spawned and the
+    :func:`ensure_model`), builds llama.cpp's ``llama-server`` if no build is cached
+    (once per machine, minutes; see :func:`ensure_llama_server`) and starts the
+    server (a few seconds); later calls reuse the server. If :data:`LOCAL_BASE_URL_ENV` is set, nothing is spawned and the
     client points at that server.
 
     Args:
         name: ``"qwen2.5-coder-0.5b"`` (default), ``"qwen2.5-coder-1.5b"`` (needs the
             ``local-1.5b`` extra) or the path of any ``.gguf`` file.
-        n_ctx, n_threads, chat_format, startup_timeout: server settings, see
-            :class:`LocalServer`.
+        n_ctx, slots, n_threads, chat_template, startup_timeout: server settings,
+            see :class:`LocalServer`.
         **kwargs: chat model fields such as ``temperature``, ``max_tokens``,
             ``timeout`` (seconds).
 
@@ -140,8 +147,9 @@ def get_local_chat_model(
     Raises:
         ConfigurationError: unknown name or bad parameter.
         LocalModelError: not installed (the message says
-            ``pip install "langchain-moa[local]"``), corrupt beyond repair, or the
-            server failed to start (the message holds the server's output).
+            ``pip install "langchain-moa[local]"``), a build tool missing or the engine
+            build failed (the message names the tool or the build log), corrupt beyond
+            repair, or the server failed to start (the message holds its output).
     """
     base_url = os.environ.get(LOCAL_BASE_URL_ENV)
     if base_url:
@@ -155,8 +163,9 @@ def get_local_chat_model(
     server = get_local_server(
         name,
         n_ctx=n_ctx,
+        slots=slots,
         n_threads=n_threads,
-        chat_format=chat_format,
+        chat_template=chat_template,
         startup_timeout=startup_timeout,
     )
     return server.chat_model(**kwargs)
@@ -173,16 +182,16 @@ def chat_model_for_gguf(path: Path | str, **kwargs: Any) -> Any:
 
     Args:
         path: a GGUF file (any name; the model id is the file's stem).
-        **kwargs: server settings ``n_ctx``, ``n_threads``, ``chat_format``,
-            ``startup_timeout`` (see :class:`LocalServer`); everything else goes to
-            the chat model.
+        **kwargs: server settings ``n_ctx``, ``slots``, ``n_threads``,
+            ``chat_template``, ``startup_timeout`` (see :class:`LocalServer`);
+            everything else goes to the chat model.
 
     Raises:
         LocalModelError: the runtime is not installed, the file does not exist, or
             the server failed to start.
     """
     path = Path(path).expanduser().resolve()
-    server_keys = ("n_ctx", "n_threads", "chat_format", "startup_timeout")
+    server_keys = ("n_ctx", "slots", "n_threads", "chat_template", "startup_timeout")
     server_kw = {k: kwargs.pop(k) for k in server_keys if k in kwargs}
     return _shared_server(path, path.stem, **server_kw).chat_model(**kwargs)
 

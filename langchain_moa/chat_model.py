@@ -201,6 +201,60 @@ class MoAChatModel(BaseChatModel):
             tool_kwargs["tool_choice"] = tool_choice
         return self.bind(moa_tools=formatted, moa_tool_kwargs=tool_kwargs)
 
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        include_raw: bool = False,
+        method: str = "function_calling",
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """Answers shaped by ``schema`` (a pydantic class, a ``TypedDict`` or a JSON schema).
+
+        ``method="function_calling"`` (default, any aggregator with ``bind_tools``): the
+        aggregator is made to call one tool whose arguments are the answer.
+        ``method="json_schema"`` / ``"json_mode"`` (OpenAI-compatible aggregators,
+        e.g. llama.cpp's server, which enforces the schema by grammar): the aggregator's
+        call gets OpenAI's ``response_format`` and its reply text is parsed. Proposers
+        answer in prose either way.
+
+        Raises:
+            ConfigurationError: an unknown ``method``, or arguments LangChain does not
+                define for ``with_structured_output``.
+        """
+        if kwargs:
+            raise ConfigurationError(f"with_structured_output: unknown arguments {sorted(kwargs)}")
+        if method == "function_calling":
+            return super().with_structured_output(schema, include_raw=include_raw)
+        if method not in ("json_schema", "json_mode"):
+            raise ConfigurationError(
+                f"method must be 'function_calling', 'json_schema' or 'json_mode', got {method!r}"
+            )
+        from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+        from langchain_core.runnables import RunnableMap, RunnablePassthrough
+        from langchain_core.utils.pydantic import is_basemodel_subclass
+
+        pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        if method == "json_mode":
+            response_format: dict[str, Any] = {"type": "json_object"}
+        else:
+            tool = convert_to_openai_tool(schema)["function"]
+            json_schema: dict[str, Any] = {"name": tool["name"], "schema": tool["parameters"]}
+            if strict is not None:
+                json_schema["strict"] = strict
+            response_format = {"type": "json_schema", "json_schema": json_schema}
+        llm = self.bind(response_format=response_format)
+        parser = PydanticOutputParser(pydantic_object=schema) if pydantic else JsonOutputParser()
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(
+            parsed=lambda x: parser.invoke(x["raw"]), parsing_error=lambda _: None
+        ).with_fallbacks(
+            [RunnablePassthrough.assign(parsed=lambda _: None)], exception_key="parsing_error"
+        )
+        return RunnableMap(raw=llm) | parsed
+
     # -- generation ---------------------------------------------------------------
 
     def _config(self, run_manager: Any, stop: list[str] | None, kwargs: dict[str, Any]) -> RunnableConfig:

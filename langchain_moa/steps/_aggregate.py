@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from langchain_core.callbacks import dispatch_custom_event
 from langchain_core.callbacks.manager import adispatch_custom_event
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import RunnableBinding, RunnableConfig, RunnableSequence
 from langchain_core.runnables.config import patch_config
 
 from langchain_moa._agents import Agent, make_agents
@@ -339,8 +339,9 @@ def _with_call_options(runnable: Any, call: dict[str, Any], agent: str) -> Any:
         ConfigurationError: tools were given and the aggregator has no ``bind_tools``.
     """
     if call.get("tools"):
+        tools, tool_kwargs = call["tools"], call.get("tool_kwargs") or {}
         try:
-            runnable = runnable.bind_tools(call["tools"], **(call.get("tool_kwargs") or {}))
+            runnable = _under_bindings(runnable, lambda r: r.bind_tools(tools, **tool_kwargs))
         except (AttributeError, NotImplementedError) as exc:
             raise ConfigurationError(
                 f"the aggregator {agent} cannot call tools ({type(exc).__name__}: {exc}); "
@@ -349,6 +350,15 @@ def _with_call_options(runnable: Any, call: dict[str, Any], agent: str) -> Any:
     if call.get("kwargs"):
         runnable = runnable.bind(**call["kwargs"])
     return runnable
+
+
+def _under_bindings(runnable: Any, apply: Callable[[Any], Any]) -> Any:
+    """``apply`` to the model inside ``runnable``'s ``bind(...)`` layers, keeping them:
+    ``RunnableBinding.bind_tools`` would call the inner model's and drop the step's
+    bound ``temperature`` / ``max_tokens``."""
+    if isinstance(runnable, RunnableBinding) and not isinstance(runnable.bound, RunnableSequence):
+        return runnable.model_copy(update={"bound": _under_bindings(runnable.bound, apply)})
+    return apply(runnable)
 
 
 def _as_message(total: AIMessageChunk | None) -> AIMessage | None:

@@ -339,3 +339,31 @@ def test_get_graph_shows_the_agents():
     ) | Aggregate(chat("f", name="model-agg"))
     names = {node.name for node in moa.get_graph().nodes.values()}
     assert {"model-a", "model-b", "model-s", "model-agg"} <= names
+
+
+def test_tools_keep_the_aggregate_steps_settings():
+    """``RunnableBinding.bind_tools`` would drop the step's bound temperature/max_tokens."""
+    aggregator = ToolUser(model_name="agg")
+    model = MoAChatModel(Propose([chat("a")]) | Aggregate(aggregator, temperature=0.3,
+                                                          max_tokens=11))
+    reply = model.bind_tools([get_weather]).invoke("q")
+    assert reply.tool_calls[0]["args"] == {"city": "Paris"}
+    kwargs = aggregator.kwargs()
+    assert (kwargs["temperature"], kwargs["max_tokens"]) == (0.3, 11) and "tools" in kwargs
+
+
+@pytest.mark.parametrize("method", ["json_schema", "json_mode"])
+def test_json_structured_output_asks_the_aggregator_only(method):
+    class Sum(BaseModel):
+        value: int
+
+    proposer, aggregator = chat("five"), chat('{"value": 5}')
+    model = MoAChatModel(Propose([proposer]) | Aggregate(aggregator))
+    assert model.with_structured_output(Sum, method=method).invoke("2+3?") == Sum(value=5)
+    fmt = aggregator.kwargs()["response_format"]
+    assert fmt["type"] == ("json_schema" if method == "json_schema" else "json_object")
+    if method == "json_schema":
+        assert fmt["json_schema"]["schema"]["properties"] == {"value": {"type": "integer"}}
+    assert "response_format" not in proposer.kwargs()
+    raw = model.with_structured_output(Sum, method=method, include_raw=True).invoke("2+3?")
+    assert raw["parsed"] == Sum(value=5) and raw["parsing_error"] is None

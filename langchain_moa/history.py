@@ -89,6 +89,9 @@ class MoAHistoryHandler(BaseCallbackHandler):
     ignore_agent: bool = True
     ignore_retriever: bool = True
     ignore_retry: bool = True
+    moa_events: frozenset[str] = frozenset({STEP_EVENT})
+    """The MoA custom events this handler reads: steps dispatch the others (one
+    ``moa_call`` per model call) only when some handler wants them."""
 
     def __init__(self) -> None:
         super().__init__()

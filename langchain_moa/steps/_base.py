@@ -266,17 +266,27 @@ def emit(config: RunnableConfig, name: str, data: Callable[[], Any]) -> None:
     ``data()`` is only built when a handler listens."""
     manager = config.get("callbacks")
     if isinstance(manager, CallbackManager) and manager.parent_run_id is not None:
-        if manager.handlers:
+        if _listens(manager.handlers, name):
             manager.on_custom_event(name, data(), run_id=manager.parent_run_id)
         return
     dispatch_custom_event(name, data(), config=config)
+
+
+def _listens(handlers: list[Any], name: str) -> bool:
+    """True when a handler may want event ``name``: one that does not say which MoA
+    events it reads (``moa_events``), or says it reads this one."""
+    for handler in handlers:
+        wanted = getattr(handler, "moa_events", None)
+        if wanted is None or name in wanted:
+            return True
+    return False
 
 
 async def aemit(config: RunnableConfig, name: str, data: Callable[[], Any]) -> None:
     """Async :func:`emit`."""
     manager = config.get("callbacks")
     if isinstance(manager, AsyncCallbackManager) and manager.parent_run_id is not None:
-        if manager.handlers:
+        if _listens(manager.handlers, name):
             await manager.on_custom_event(name, data(), run_id=manager.parent_run_id)
         return
     if isinstance(manager, CallbackManager) and manager.parent_run_id is not None:

@@ -1,0 +1,160 @@
+"""What does the MoA orchestration cost on top of the model calls it makes?
+
+Side by side in one process, on the same mixture-llm style async client function
+(every call sleeps ``--delay`` seconds and returns a short text), interleaved over
+``--rounds`` rounds:
+
+* ``floor``            — a bare ``asyncio.gather`` of plain LangChain chat-model calls
+  (``ClientChatModel.ainvoke`` on the same client), layer after layer: what LangChain
+  itself costs per call;
+* ``moa ainvoke``      — langchain-moa ``ainvoke`` (``abatch`` for many queries), with a
+  ``MoAHistoryHandler`` attached;
+* ``moa invoke``       — the same from sync code (``invoke`` / ``batch``; threads);
+* ``mixture-llm``      — mixture-llm 0.1.3's ``run()`` (``asyncio.gather`` of runs).
+
+Workloads: Propose 6 -> Synthesize 6 -> Aggregate (13 calls); Propose with 50 and with
+200 agents; 50 queries x 3 layers (650 calls). For each: wall time / critical path
+(layers x delay) and client CPU (process time, all threads) per model call; the
+median over the rounds.
+
+    pip install mixture-llm==0.1.3
+    python benchmarks/moa_overhead.py --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import mixture_llm as mx  # noqa: E402
+
+from langchain_moa import (  # noqa: E402
+    Aggregate,
+    ClientChatModel,
+    MoAHistoryHandler,
+    Propose,
+    Synthesize,
+)
+
+DELAY = 0.1
+
+
+async def client(model: str, messages: list[dict], temp: float, max_tokens: int) -> tuple:
+    await asyncio.sleep(DELAY)
+    return f"an answer from {model}", 20, 5
+
+
+def workloads() -> dict[str, dict[str, Any]]:
+    """name -> queries, layer widths (the last 1 = aggregator or nothing)."""
+    return {
+        "Propose 6 -> Synthesize 6 -> Aggregate": {"queries": 1, "layers": [6, 6, 1]},
+        "Propose with 50 agents": {"queries": 1, "layers": [50]},
+        "Propose with 200 agents": {"queries": 1, "layers": [200]},
+        "50 queries x 3 layers": {"queries": 50, "layers": [6, 6, 1]},
+    }
+
+
+def moa_pipeline(layers: list[int]) -> Any:
+    names = [f"model-{i}" for i in range(max(layers))]
+    steps: list[Any] = [Propose(names[: layers[0]], client=client)]
+    for width in layers[1:]:
+        if width == 1:
+            steps.append(Aggregate(names[0], client=client))
+        else:
+            steps.append(Synthesize(names[:width], client=client))
+    out = steps[0]
+    for step in steps[1:]:
+        out = out | step
+    return out
+
+
+def mixture_pipeline(layers: list[int]) -> list[Any]:
+    names = [f"model-{i}" for i in range(max(layers))]
+    steps: list[Any] = [mx.Propose(names[: layers[0]])]
+    for width in layers[1:]:
+        steps.append(mx.Aggregate(names[0]) if width == 1 else mx.Synthesize(names[:width]))
+    return steps
+
+
+def cases(spec: dict[str, Any]) -> dict[str, Callable[[], Awaitable[Any]]]:
+    queries = [f"question {i}" for i in range(spec["queries"])]
+    layers = spec["layers"]
+    moa = moa_pipeline(layers)
+    mix = mixture_pipeline(layers)
+    models = [ClientChatModel(client=client, model=f"model-{i}") for i in range(max(layers))]
+
+    async def floor() -> Any:
+        async def one(q: str) -> Any:
+            for width in layers:
+                await asyncio.gather(*(m.ainvoke(q) for m in models[:width]))
+
+        await asyncio.gather(*(one(q) for q in queries))
+
+    async def moa_async() -> Any:
+        history = MoAHistoryHandler()
+        config = {"callbacks": [history]}
+        if len(queries) == 1:
+            return await moa.ainvoke(queries[0], config)
+        return await moa.abatch(queries, config)
+
+    def moa_sync() -> Any:
+        history = MoAHistoryHandler()
+        if len(queries) == 1:
+            return moa.invoke(queries[0], {"callbacks": [history]})
+        return moa.batch(queries, {"callbacks": [history], "max_concurrency": len(queries)})
+
+    async def moa_threads() -> Any:
+        return await asyncio.to_thread(moa_sync)
+
+    async def mixture() -> Any:
+        return await asyncio.gather(*(mx.run(mix, q, client) for q in queries))
+
+    return {
+        "floor (gather of LangChain calls)": floor,
+        "moa ainvoke/abatch": moa_async,
+        "moa invoke/batch (sync)": moa_threads,
+        "mixture-llm run()": mixture,
+    }
+
+
+async def measure(fn: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
+    cpu, wall = time.process_time(), time.perf_counter()
+    await fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+async def main(rounds: int) -> None:
+    print(f"delay {DELAY * 1000:.0f} ms per call, median of {rounds} interleaved rounds")
+    for name, spec in workloads().items():
+        calls = spec["queries"] * sum(spec["layers"])
+        critical = len(spec["layers"]) * DELAY
+        fns = cases(spec)
+        for fn in fns.values():  # warm-up
+            await measure(fn)
+        samples: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
+        for _ in range(rounds):
+            for case, fn in fns.items():
+                samples[case].append(await measure(fn))
+        print(f"\n{name} ({calls} calls, critical path {critical:.1f} s)")
+        print(f"  {'case':<36}{'wall/critical':>14}{'CPU ms/call':>13}")
+        for case, values in samples.items():
+            wall = statistics.median(v[0] for v in values)
+            cpu = statistics.median(v[1] for v in values)
+            print(f"  {case:<36}{wall / critical:>14.2f}{cpu / calls * 1000:>13.3f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--delay", type=float, default=0.1, help="seconds per call")
+    args = parser.parse_args()
+    DELAY = args.delay
+    asyncio.run(main(args.rounds))

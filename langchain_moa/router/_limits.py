@@ -10,8 +10,12 @@ tokens) under a limit of ``L`` per ``W`` seconds needs ``now >= tat`` and moves
 
 * admission is O(1) whatever the traffic (no log of the last minute is kept);
 * two admissions are never closer than the first one's interval (``W / L`` per
-  unit): there is **no burst tolerance**, so a request admitted late is never
-  "made up for" by the next one coming early; idle time earns no credit;
+  unit) less a fixed **2 ms** (at most 10 % of the interval): a request may be
+  admitted that much before its slot, so that the queue's head has time to plan
+  its pass without lowering the rate, and then takes the slot itself
+  (``tat = tat + a * W / L``). There is no other burst tolerance: a request
+  admitted late is never "made up for" by the next one coming early, and idle time
+  earns no credit;
 * a TPM reservation (prompt estimate + ``max_tokens``, or the router's
   ``expected_output_tokens`` when ``max_tokens`` is unset) is reconciled with the
   real ``usage_metadata`` when the answer arrives by moving ``tat`` by
@@ -34,10 +38,19 @@ from langchain_moa.errors import ConfigurationError
 if TYPE_CHECKING:
     from langchain_moa.router._store import RouterStore
 
-__all__ = ["FACTORS", "Admission", "Lease", "Limits", "admit", "gcra"]
+__all__ = ["FACTORS", "TOLERANCE_S", "Admission", "Lease", "Limits", "admit", "gcra", "tolerance"]
 
 FACTORS = ("rpm", "tpm", "concurrency", "cooldown")
 """Why a request waits: a rate limit, the concurrency limit, or a health window."""
+
+
+TOLERANCE_S = 0.002
+"""Seconds a request may be admitted before its slot (capped at 10 % of its interval)."""
+
+
+def tolerance(cost_s: float) -> float:
+    """How early (s) an admission occupying ``cost_s`` of a schedule may come."""
+    return min(TOLERANCE_S, 0.1 * cost_s)
 
 
 @dataclass(frozen=True)
@@ -83,10 +96,11 @@ def gcra(tat: float | None, cost_s: float, now: float) -> tuple[float, float | N
     ``tat`` is the key's theoretical arrival time (``None``: never used) and
     ``cost_s`` the seconds this admission occupies on the schedule (``amount *
     window / limit``). Admitted (``wait_s == 0``, ``new_tat = max(tat, now) +
-    cost_s``) when ``now >= tat``, else ``wait_s = tat - now`` and ``new_tat`` is
-    ``None`` (nothing changes). The Redis store runs the same rule in Lua."""
-    if tat is not None and tat > now:
-        return tat - now, None
+    cost_s``) when ``now >= tat - tolerance(cost_s)``, else ``wait_s`` is the time
+    until then and ``new_tat`` is ``None`` (nothing changes). The Redis store runs
+    the same rule in Lua."""
+    if tat is not None and tat - tolerance(cost_s) > now:
+        return tat - tolerance(cost_s) - now, None
     return 0.0, max(tat or now, now) + cost_s
 
 

@@ -27,7 +27,7 @@ from langchain_moa.router._health import (
     probe_timeout,
     state_of,
 )
-from langchain_moa.router._limits import Lease, Limits, admit
+from langchain_moa.router._limits import Lease, Limits, admit, tolerance
 from langchain_moa.router._queue import WaitQueue
 from langchain_moa.router._request import SLOT_POLL_S, Failover, Request, context_skip
 from langchain_moa.router._stats import DeploymentStats
@@ -420,6 +420,13 @@ class Planner:
             return True
         return False
 
+    @staticmethod
+    def _costs(req: Request, own: list[tuple[str, float]]) -> list[float]:
+        """Seconds ``req`` occupies on each schedule it needs (router and ``own``)."""
+        lim, tokens = req.limits, req.prompt_tokens + req.output_tokens
+        pairs = [(k, v) for k, v in (("rpm", lim.rpm), ("tpm", lim.tpm)) if v] + own
+        return [lim.window / v * (1.0 if k == "rpm" else tokens) for k, v in pairs]
+
     def _ready(self, req: Request, now: float) -> tuple[float, str | None, str | None]:
         best, best_name, best_factor = math.inf, None, None
         lim = req.limits
@@ -441,6 +448,9 @@ class Planner:
             own = [(k, v) for k, v in (("rpm", d.rpm), ("tpm", d.tpm)) if v]
             keys = router_keys + [f"{k}:{name}" for k, _ in own]
             tat = self.store.limits_peek(keys) if keys else None
+            if tat is not None:
+                # admissible this much before the slot (see _limits.tolerance)
+                tat -= min(tolerance(c) for c in self._costs(req, own))
             if tat is not None and tat > t:
                 kinds = {k for k, _ in own} | {k.split(":")[0] for k in router_keys}
                 t, factor = tat, "tpm" if kinds == {"tpm"} else "rpm" if kinds == {"rpm"} else (

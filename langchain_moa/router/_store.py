@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from langchain_moa.router._limits import gcra
+from langchain_moa.router._limits import gcra, tolerance
 
 __all__ = ["RouterStore", "InMemoryStore", "RedisStore"]
 
@@ -113,10 +113,10 @@ class InMemoryStore(RouterStore):
         now: float,
     ) -> tuple[float, int]:
         with self._lock:
-            for i, (key, _) in enumerate(rates):
-                tat = self._tat.get(key)
-                if tat is not None and tat > now:
-                    return tat - now, i
+            for i, (key, cost) in enumerate(rates):
+                wait = gcra(self._tat.get(key), cost, now)[0]
+                if wait > 0:
+                    return wait, i
             for j, (key, limit) in enumerate(slots):
                 if limit is not None and self._slots.get(key, 0) >= limit:
                     return -1.0, len(rates) + j
@@ -172,16 +172,18 @@ class InMemoryStore(RouterStore):
 
 _ADMIT_LUA = """
 -- KEYS: the rate schedules, then the slot counters; ARGV[1] = number of rate keys,
--- ARGV[2] = now, then one cost (s) per rate key, then one limit per slot (-1: none)
+-- ARGV[2] = now, then one cost (s) per rate key, one tolerance (s) per rate key,
+-- then one limit per slot (-1: none). The rule of _limits.gcra.
 local nr = tonumber(ARGV[1]); local now = tonumber(ARGV[2])
 local tats = {}
 for i = 1, nr do
   local tat = tonumber(redis.call('GET', KEYS[i]) or '')
-  if tat and tat > now then return {i - 1, string.format('%.6f', tat - now)} end
+  local tol = tonumber(ARGV[2 + nr + i])
+  if tat and tat - tol > now then return {i - 1, string.format('%.6f', tat - tol - now)} end
   tats[i] = tat
 end
 for j = nr + 1, #KEYS do
-  local limit = tonumber(ARGV[2 + j])
+  local limit = tonumber(ARGV[2 + nr + j])
   if limit >= 0 and tonumber(redis.call('GET', KEYS[j]) or '0') >= limit then
     return {j - 1, '-1'}
   end
@@ -248,6 +250,7 @@ class RedisStore(RouterStore):
         keys = [self._k("gcra", k) for k, _ in rates] + [self._k("slot", k) for k, _ in slots]
         args: list[Any] = [len(rates), repr(float(now))]
         args += [repr(float(c)) for _, c in rates]
+        args += [repr(tolerance(float(c))) for _, c in rates]
         args += [-1 if limit is None else int(limit) for _, limit in slots]
         index, wait = self._admit(keys=keys, args=args)
         return float(wait), int(index)

@@ -28,8 +28,8 @@ from langchain_core.runnables import (
     RunnableWithFallbacks,
 )
 
-from langchain_moa.client_model import ClientChatModel
 from langchain_moa._settings import configure, is_configurable_model, step_values
+from langchain_moa.client_model import ClientChatModel
 from langchain_moa.errors import ConfigurationError
 from langchain_moa.providers import (
     LOCAL_PROVIDER,

@@ -99,9 +99,7 @@ def step_values(
 
 def is_configurable_model(runnable: Any) -> bool:
     """True for ``init_chat_model(configurable_fields=...)``'s model."""
-    return type(runnable).__name__ == "_ConfigurableModel" and hasattr(
-        runnable, "_default_config"
-    )
+    return type(runnable).__name__ == "_ConfigurableModel" and hasattr(runnable, "_default_config")
 
 
 def reaches_a_model(runnable: Runnable) -> bool:
@@ -171,9 +169,7 @@ def _configure(
         return runnable.model_copy(update={"runnable": parts[0], "fallbacks": parts[1:]})
     if isinstance(runnable, RunnableSequence):
         steps = [
-            _configure(s, forced, fallback, sample, config, bound_keys)
-            if reaches_a_model(s)
-            else s
+            _configure(s, forced, fallback, sample, config, bound_keys) if reaches_a_model(s) else s
             for s in runnable.steps
         ]
         return runnable.model_copy(
@@ -243,9 +239,7 @@ class SampleCache(BaseCache):
         cache = self._cache()
         return None if cache is None else await cache.alookup(prompt, self._key(llm_string))
 
-    async def aupdate(
-        self, prompt: str, llm_string: str, return_val: Sequence[Generation]
-    ) -> None:
+    async def aupdate(self, prompt: str, llm_string: str, return_val: Sequence[Generation]) -> None:
         cache = self._cache()
         if cache is not None:
             await cache.aupdate(prompt, self._key(llm_string), return_val)

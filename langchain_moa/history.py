@@ -60,7 +60,11 @@ def _step_record(data: dict[str, Any], run_id: str) -> StepRecord:
     shapes are validated."""
     calls = data.get("calls")
     if isinstance(calls, list) and all(isinstance(c, dict) for c in calls):
-        fields = {**data, "run_id": run_id, "calls": [CallRecord.model_construct(**c) for c in calls]}
+        fields = {
+            **data,
+            "run_id": run_id,
+            "calls": [CallRecord.model_construct(**c) for c in calls],
+        }
         if set(fields) <= set(StepRecord.model_fields) and "step" in fields:
             return StepRecord.model_construct(**fields)
     return StepRecord(**data, run_id=run_id)

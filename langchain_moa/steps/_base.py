@@ -18,6 +18,7 @@ from langchain_core.callbacks.manager import (
     CallbackManager,
     adispatch_custom_event,
 )
+from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
@@ -25,10 +26,8 @@ from langchain_core.messages import (
     convert_to_messages,
     convert_to_openai_messages,
 )
-from langchain_core.language_models import LanguageModelInput
 from langchain_core.prompt_values import PromptValue
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
-from langchain_core.runnables import RunnableBinding
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import (
     ContextThreadPoolExecutor,
     ensure_config,
@@ -238,7 +237,7 @@ class Step(RunnableSerializable[Any, Any], metaclass=_StepMeta):
         try:
             out = self._run(report, step_config)
         except BaseException as exc:
-            emit(step_config, STEP_EVENT, lambda: report.record(error=exc))
+            emit(step_config, STEP_EVENT, lambda exc=exc: report.record(error=exc))
             raise
         emit(step_config, STEP_EVENT, lambda: report.record(out))
         return out
@@ -248,7 +247,7 @@ class Step(RunnableSerializable[Any, Any], metaclass=_StepMeta):
         try:
             out = await self._arun(report, step_config)
         except BaseException as exc:
-            await aemit(step_config, STEP_EVENT, lambda: report.record(error=exc))
+            await aemit(step_config, STEP_EVENT, lambda exc=exc: report.record(error=exc))
             raise
         await aemit(step_config, STEP_EVENT, lambda: report.record(out))
         return out
@@ -436,8 +435,10 @@ class LLMStep(Step):
                 raise ConfigurationError(f"temperature must be in [0, 2], got {temperature!r}")
         elif temperature is not None and temperature is not DEFAULT:
             raise ConfigurationError(f"temperature must be in [0, 2], got {temperature!r}")
-        if max_tokens is not None and max_tokens is not DEFAULT and (
-            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+        if (
+            max_tokens is not None
+            and max_tokens is not DEFAULT
+            and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1)
         ):
             raise ConfigurationError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
         if max_concurrency is not None and (
@@ -617,9 +618,7 @@ class LLMStep(Step):
             return self._concurrency(config, jobs)
         return max(1, min(jobs, DEFAULT_SYNC_WORKERS))
 
-    def run_jobs(
-        self, jobs: list[Job], report: StepReport, config: RunnableConfig
-    ) -> list[Result]:
+    def run_jobs(self, jobs: list[Job], report: StepReport, config: RunnableConfig) -> list[Result]:
         """Run ``jobs`` in parallel threads (at most ``max_concurrency`` at once;
         :data:`DEFAULT_SYNC_WORKERS` when no ``max_concurrency`` is set).
 
@@ -631,7 +630,7 @@ class LLMStep(Step):
                 lambda: self._call(job, job.fallback, config)
             )
             for record in result.records:
-                emit(config, CALL_EVENT, lambda: record_dict(record))
+                emit(config, CALL_EVENT, lambda record=record: record_dict(record))
             return result
 
         if len(jobs) == 1:
@@ -655,7 +654,7 @@ class LLMStep(Step):
                 first = await self._acall(job, job.runnable, config)
                 result = await first.or_afallback(lambda: self._acall(job, job.fallback, config))
             for record in result.records:
-                await aemit(config, CALL_EVENT, lambda: record_dict(record))
+                await aemit(config, CALL_EVENT, lambda record=record: record_dict(record))
             return result
 
         results = list(await asyncio.gather(*(one(j) for j in jobs)))
@@ -674,18 +673,12 @@ except ImportError:  # pragma: no cover - older langchain-core
 def _unbind(runnable: Runnable) -> tuple[Runnable, dict[str, Any]]:
     """A plain ``.bind(**kwargs)`` as ``(bound, kwargs)``: calling ``bound`` with the
     kwargs is what the binding does, minus a config merge per call."""
-    if (
-        type(runnable) in _PLAIN_BINDINGS
-        and not runnable.config
-        and not runnable.config_factories
-    ):
+    if type(runnable) in _PLAIN_BINDINGS and not runnable.config and not runnable.config_factories:
         return runnable.bound, runnable.kwargs
     return runnable, {}
 
 
-_CONVERTED: OrderedDict[tuple[int, ...], tuple[tuple[BaseMessage, ...], list[dict]]] = (
-    OrderedDict()
-)
+_CONVERTED: OrderedDict[tuple[int, ...], tuple[tuple[BaseMessage, ...], list[dict]]] = OrderedDict()
 _CONVERTED_LOCK = threading.Lock()
 
 

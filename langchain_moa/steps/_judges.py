@@ -22,6 +22,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 from pydantic import BaseModel, Field, ValidationError
 
+from langchain_moa._agents import Agent
 from langchain_moa._prompts import (
     JSON_RANK_INSTRUCTION,
     JSON_VOTE_INSTRUCTION,
@@ -29,9 +30,8 @@ from langchain_moa._prompts import (
     VOTE_PROMPT,
     judge_messages,
 )
-from langchain_moa.errors import AggregatorError, ConfigurationError
-from langchain_moa._agents import Agent
 from langchain_moa._settings import SETTINGS
+from langchain_moa.errors import AggregatorError, ConfigurationError
 from langchain_moa.steps._aggregate import final_message, single_agent
 from langchain_moa.steps._base import (
     DEFAULT,

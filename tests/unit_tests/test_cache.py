@@ -102,7 +102,9 @@ def test_configurable_model_samples_stay_distinct(fault_server: FaultServer) -> 
 
 @pytest.mark.usefixtures("global_cache")
 def test_client_function_samples_stay_distinct(fault_server: FaultServer) -> None:
-    three_samples_then_rerun(ClientChatModel(client=client_for(fault_server), model="m"), fault_server)
+    three_samples_then_rerun(
+        ClientChatModel(client=client_for(fault_server), model="m"), fault_server
+    )
 
 
 @pytest.mark.usefixtures("global_cache")

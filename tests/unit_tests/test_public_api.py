@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from langchain_tests.unit_tests import ChatModelUnitTests
 
 import langchain_moa
 from langchain_moa.router import Deployment, ProviderRouter
 from langchain_moa.testing import ScriptedChat
-from langchain_tests.unit_tests import ChatModelUnitTests
 
 EXPECTED_ALL = [
     # steps
@@ -54,7 +54,14 @@ def test_every_public_name_resolves() -> None:
 def test_testing_module_is_public() -> None:
     from langchain_moa import testing
 
-    assert sorted(testing.__all__) == ["Gauge", "Reply", "ScriptedChat", "ToolJudge", "chat", "text_of"]
+    assert sorted(testing.__all__) == [
+        "Gauge",
+        "Reply",
+        "ScriptedChat",
+        "ToolJudge",
+        "chat",
+        "text_of",
+    ]
     model = testing.chat("one", "two")
     assert [model.invoke("q").content, model.invoke("q").content] == ["one", "two"]
     assert len(model.calls) == 2

@@ -62,16 +62,26 @@ def test_dumpd_loads_round_trip_of_model_strings(server: FaultServer) -> None:
 def test_step_defaults_are_not_written() -> None:
     kwargs = dumpd(Propose(["llamacpp/a"]))["kwargs"]
     assert "temperature" not in kwargs and "max_tokens" not in kwargs
-    loaded = loads(json.dumps(dumpd(Propose(["llamacpp/a"]))), valid_namespaces=["langchain_moa"], allowed_objects=ALLOWED)
+    loaded = loads(
+        json.dumps(dumpd(Propose(["llamacpp/a"]))),
+        valid_namespaces=["langchain_moa"],
+        allowed_objects=ALLOWED,
+    )
     assert loaded.temperature is DEFAULT and loaded.max_tokens is DEFAULT
 
 
 def test_secrets_are_lc_secrets_never_in_the_payload() -> None:
-    model = ChatOpenAI(model="gpt-4o-mini", api_key="sk-very-secret", base_url="http://127.0.0.1:9/v1")
+    model = ChatOpenAI(
+        model="gpt-4o-mini", api_key="sk-very-secret", base_url="http://127.0.0.1:9/v1"
+    )
     text = dumps(Propose([model]) | Aggregate(model))
     assert "sk-very-secret" not in text
     agent = json.loads(text)["kwargs"]["first"]["kwargs"]["agents"][0]
-    assert agent["kwargs"]["openai_api_key"] == {"lc": 1, "type": "secret", "id": ["OPENAI_API_KEY"]}
+    assert agent["kwargs"]["openai_api_key"] == {
+        "lc": 1,
+        "type": "secret",
+        "id": ["OPENAI_API_KEY"],
+    }
     loaded = loads(
         text,
         valid_namespaces=["langchain_moa"],
@@ -88,14 +98,21 @@ def test_configurable_fields_on_a_step(server: FaultServer) -> None:
         max_tokens=ConfigurableField(id="proposer_max_tokens"),
     )
     step.invoke("q")
-    step.invoke("q", config={"configurable": {"proposer_temperature": 0.1, "proposer_max_tokens": 5}})
-    assert [(r.body["temperature"], r.max_tokens) for r in server.requests] == [(0.7, 2048), (0.1, 5)]
+    step.invoke(
+        "q", config={"configurable": {"proposer_temperature": 0.1, "proposer_max_tokens": 5}}
+    )
+    assert [(r.body["temperature"], r.max_tokens) for r in server.requests] == [
+        (0.7, 2048),
+        (0.1, 5),
+    ]
 
 
 def test_configurable_alternatives_on_a_step(server: FaultServer) -> None:
     server.set_default(Fault.ok('{"choice": 2}'))
     final = Aggregate("llamacpp/c").configurable_alternatives(
-        ConfigurableField(id="final"), default_key="aggregate", vote=Vote("llamacpp/c", structured="json")
+        ConfigurableField(id="final"),
+        default_key="aggregate",
+        vote=Vote("llamacpp/c", structured="json"),
     )
     moa = Propose(["llamacpp/a", "llamacpp/b"]) | final
     voted = moa.invoke("q", config={"configurable": {"final": "vote"}})

@@ -48,7 +48,9 @@ def test_constructor_fields_win_over_the_step_default(fault_server: FaultServer)
 
 
 def test_a_value_given_to_the_step_wins_over_the_constructor(fault_server: FaultServer) -> None:
-    Propose([openai(fault_server, temperature=0, max_tokens=50)], temperature=0.2, max_tokens=7).invoke("q")
+    Propose(
+        [openai(fault_server, temperature=0, max_tokens=50)], temperature=0.2, max_tokens=7
+    ).invoke("q")
     assert sent(fault_server) == [(0.2, 7)]
 
 
@@ -170,5 +172,7 @@ def test_a_chain_gets_the_rule_on_its_model(fault_server: FaultServer) -> None:
     chain = ChatPromptTemplate.from_messages([("human", "{input}")]) | openai(
         fault_server, temperature=0
     )
-    Propose([RunnableLambda(lambda msgs: {"input": msgs[-1].text}) | chain], max_tokens=7).invoke("q")
+    Propose([RunnableLambda(lambda msgs: {"input": msgs[-1].text}) | chain], max_tokens=7).invoke(
+        "q"
+    )
     assert sent(fault_server) == [(0, 7)]

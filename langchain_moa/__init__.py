@@ -16,12 +16,14 @@ from langchain_moa.errors import (
     AggregatorError,
     ConfigurationError,
     DeploymentDisabledError,
+    InvalidRequestError,
     LayerFailedError,
     LocalModelError,
     MissingAPIKeyError,
     MoAError,
     NoDeploymentAvailableError,
     RouterError,
+    StreamInterruptedError,
 )
 from langchain_moa.history import MoAHistoryHandler, StepRecord
 from langchain_moa.local import (
@@ -141,4 +143,6 @@ __all__ = [
     "RouterError",
     "NoDeploymentAvailableError",
     "DeploymentDisabledError",
+    "InvalidRequestError",
+    "StreamInterruptedError",
 ]

@@ -88,7 +88,11 @@ class Planner:
         if req.waiter is None and req.passes == 0 and self._limits_set(req):
             now = time.time()
             q = self._queue(req)
-            if q.busy() or self._at_limit(req, now):
+            if (
+                q.head is not None
+                or (q.planning > 0 and q.planning >= self._free(req, now))
+                or self._at_limit(req, now)
+            ):
                 self._join(req, now)
                 req.queue["nap_queued"] = True
                 return []
@@ -466,6 +470,37 @@ class Planner:
             if t < best:
                 best, best_name, best_factor = t, name, factor
         return best, best_name, best_factor
+
+    def _free(self, req: Request, now: float) -> float:
+        """How many requests ``req``'s deployments could admit right now (read, not
+        taken): a rate schedule that is free admits one, a concurrency limit its free
+        slots, a deployment without limits any number. Arrivals plan alongside the
+        passes under way only while that leaves room; otherwise they queue."""
+        lim = req.limits
+        router_keys = [f"{k}:{ROUTER_SCOPE}" for k, v in (("rpm", lim.rpm), ("tpm", lim.tpm)) if v]
+        cap = math.inf
+        if router_keys:
+            tat = self.store.limits_peek(router_keys)
+            cap = 0.0 if tat is not None and tat > now else 1.0
+        if lim.max_concurrency is not None:
+            used = self.store.slot_count(f"inflight:{ROUTER_SCOPE}")
+            cap = min(cap, max(0, lim.max_concurrency - used))
+        total = 0.0
+        for d in req.deployments:
+            name = str(d.name)
+            state, _ = state_of(self.store.health_get(name), now)
+            if state in ("disabled", "cooling", "open") or name in req.exhausted:
+                continue
+            free = math.inf
+            keys = [f"{k}:{name}" for k, v in (("rpm", d.rpm), ("tpm", d.tpm)) if v]
+            if keys:
+                tat = self.store.limits_peek(keys)
+                free = 0.0 if tat is not None and tat > now else 1.0
+            if d.max_concurrency is not None:
+                used = self.store.slot_count(f"inflight:{name}")
+                free = min(free, max(0, d.max_concurrency - used))
+            total += free
+        return min(cap, total)
 
     def _slept(self, req: Request, t0: float, head: bool) -> None:
         elapsed = time.time() - t0

@@ -237,6 +237,14 @@ class TestRouterQueues:
         assert max(d["passes"] for d in _decisions(out)) <= 3
         assert "concurrency" in {d["queue"]["limited_by"] for d in _decisions(out)}
 
+    async def test_limits_with_room_do_not_serialize_arrivals(self) -> None:
+        # max_concurrency=10, 8 arrivals at once: all fit, none waits in the queue
+        llm = ScriptedChat(replies=["ok"], delay=0.05)
+        router = ProviderRouter(deployments=[Deployment(llm=llm, name="a", max_concurrency=10)])
+        out = await asyncio.gather(*[router.ainvoke("q") for _ in range(8)])
+        assert [d["passes"] for d in _decisions(out)] == [1] * 8
+        assert [d["queue"]["queued_s"] for d in _decisions(out)] == [0.0] * 8
+
     def test_waiters_are_woken_when_a_slot_frees(self) -> None:
         llm = ScriptedChat(replies=["ok"], delay=0.05)
         router = ProviderRouter(deployments=[Deployment(llm=llm, name="a", max_concurrency=1)])

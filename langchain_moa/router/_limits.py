@@ -5,8 +5,8 @@ deployment). RPM and TPM are kept as **GCRA** state (the Generic Cell Rate
 Algorithm of ATM networks, ITU-T I.371; a token bucket of depth one request):
 one number per limit, the *theoretical arrival time* ``tat`` (epoch seconds) at
 which the schedule next has room. Admitting ``a`` units (1 request, or ``a``
-tokens) under a limit of ``L`` per ``W`` seconds needs ``now >= tat`` and moves
-``tat = max(tat, now) + a * W / L``. So:
+tokens) under a limit of ``L`` per ``W`` seconds needs ``now >= tat - tolerance``
+and moves ``tat = max(tat, now) + a * W / L``. So:
 
 * admission is O(1) whatever the traffic (no log of the last minute is kept);
 * two admissions are never closer than the first one's interval (``W / L`` per

@@ -38,8 +38,6 @@ from langchain_moa.router._request import Failover, Request, attempt_timeout, ru
 
 __all__ = ["Attempt", "Attempts"]
 
-_END = object()
-
 
 def _has_token(chunk: ChatGenerationChunk) -> bool:
     m = chunk.message
@@ -309,16 +307,18 @@ class Attempts:
         ended = False
         watch = _StreamWatch(_needs_finish_reason(llm))
         try:
-            timeout = attempt_timeout(req, d)
             it = iter(_inner_stream(llm, messages, req.stop, kw))
-            while True:  # until the first token, failures fall over
-                c = run_with_timeout(lambda: next(it, _END), timeout)
-                if c is _END:
-                    ended = True
-                    break
-                buffered.append(c)
-                if watch.see(c):
-                    break
+
+            def until_first_token() -> bool:
+                """Read chunks up to the first token; whether the stream ended."""
+                for c in it:
+                    buffered.append(c)
+                    if watch.see(c):
+                        return False
+                return True
+
+            # until the first token (one thread, the attempt's timeout), failures fall over
+            ended = run_with_timeout(until_first_token, attempt_timeout(req, d))
             if ended and not watch.token and (why := watch.problem()):
                 raise MalformedResponseError(why)
         except BaseException as e:  # noqa: BLE001

@@ -138,6 +138,41 @@ class TestClassify:
         assert isinstance(rate_limited(), openai.RateLimitError)
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        lc_exc.ModelRateLimitError("x"),
+        lc_exc.ModelAPIError("x"),
+        lc_exc.ModelTimeoutError("x"),
+        lc_exc.ModelConnectionError("x"),
+        lc_exc.ModelAuthenticationError("x"),
+        lc_exc.ModelPermissionDeniedError("x"),
+        lc_exc.ModelNotFoundError("x"),
+        lc_exc.ModelInvalidRequestError("x"),
+        lc_exc.ContextOverflowError("x"),
+        lc_exc.ModelRefusalError("x"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_router_and_model_retry_middleware_agree_on_what_is_retryable(error: Exception) -> None:
+    """LangChain v1's ModelRetryMiddleware retries a ModelError when ``is_retryable``;
+    the router retries / cools down exactly the kinds that stand for those."""
+    middleware = pytest.importorskip("langchain.agents.middleware")
+    retry_on = middleware.ModelRetryMiddleware().retry_on
+    transient = {"rate_limit", "server", "timeout", "connection", "malformed"}
+    assert (classify_error(error).kind in transient) == retry_on(error)
+
+
+def test_router_errors_are_langchain_standard_types() -> None:
+    from langchain_moa.errors import InvalidRequestError, StreamInterruptedError
+
+    middleware = pytest.importorskip("langchain.agents.middleware")
+    retry_on = middleware.ModelRetryMiddleware().retry_on
+    assert not retry_on(InvalidRequestError("bad prompt"))
+    assert retry_on(StreamInterruptedError("cut", deployment="a"))
+    assert classify_error(InvalidRequestError("x")).kind == "bad_request"
+
+
 CFG = HealthConfig(
     failure_threshold=3,
     circuit_cooldown=10.0,

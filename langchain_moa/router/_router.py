@@ -59,8 +59,10 @@ from langchain_moa.router._health import (
     BREAKER_KINDS,
     DEFAULT_RETRY_POLICY,
     KINDS,
+    Event,
     HealthConfig,
     RetryPolicy,
+    apply,
     state_of,
 )
 from langchain_moa.router._limits import Limits
@@ -533,10 +535,11 @@ class ProviderRouter(BaseChatModel):
         return out
 
     def enable(self, name: str) -> None:
-        """Put a disabled (or cooling) deployment back into service."""
+        """Put a disabled (or cooling, or open) deployment back into service: the
+        operator's reset, the one event that may end a window early."""
         if name not in self._by_name:
             raise ConfigurationError(f"no deployment named {name!r}; names: {list(self._by_name)}")
-        self._store.health_update(name, lambda r: ({"state": "healthy"}, None))
+        self._store.health_update(name, apply(Event.enabled(), HealthConfig()))
 
     # ------------------------------------------------------------------ the loop
     def _new_request(

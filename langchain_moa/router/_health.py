@@ -1,6 +1,6 @@
 """Error classification, Retry-After parsing, cooldowns and the circuit breaker.
 
-The behaviour table (DESIGN §4; LiteLLM Router and the router tutorial are the models):
+The behaviour table (LiteLLM Router and the router tutorial are the models):
 
 =====================  ==============  ==================================================
 error kind             examples        what the router does
@@ -11,7 +11,9 @@ error kind             examples        what the router does
 ``server``             HTTP 5xx        count toward the circuit breaker; fall over
 ``timeout``            attempt timeout same as ``server``
 ``connection``         refused, reset  same as ``server``
-``malformed``          bad JSON body   same as ``server``
+``malformed``          bad JSON body,  same as ``server``
+                       empty / non-SSE
+                       stream
 ``unknown``            anything else   same as ``server``, but tried once per deployment
                                        and request (no waiting for a retry)
 ``auth``               HTTP 401 / 403, disable the deployment (message names the env var);
@@ -26,9 +28,15 @@ error kind             examples        what the router does
 =====================  ==============  ==================================================
 
 Circuit breaker (per deployment): ``failure_threshold`` consecutive breaker
-failures open it for ``circuit_cooldown`` seconds; then it is *half-open* and
-exactly one request (the probe) is let through; success closes it, failure
-re-opens it.
+failures open it for ``circuit_cooldown`` seconds (or until a running Retry-After
+window ends, if later); then it is *half-open* and exactly one request (the probe)
+is let through; the probe's success closes it, its failure re-opens it.
+
+Health state: one record per deployment (a JSON-able dict, see :data:`RECORD_KEYS`),
+changed only by :func:`transition` ``(record, event, now) -> record``; the store
+applies it atomically (:func:`claim` for the gate, :func:`apply` for outcomes). A
+window's end only ever moves later. Client-side errors (:func:`is_client_side`)
+never reach it.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from langchain_core.runnables import (
     RunnableWithFallbacks,
 )
 
-from langchain_moa._settings import configure, is_configurable_model, step_values
+from langchain_moa._settings import configure, is_configurable_model
 from langchain_moa.client_model import ClientChatModel
 from langchain_moa.errors import ConfigurationError
 from langchain_moa.providers import (
@@ -164,14 +164,6 @@ class Agent:
             done = configure(runnable, forced, fallback, sample, config)
             self._configured[key] = done
         return done
-
-    def bound(
-        self, config: RunnableConfig | None, temperature: float | None, max_tokens: int | None
-    ) -> Runnable:
-        """The Runnable with ``temperature`` / ``max_tokens`` sent on every call
-        (``None``: left to the agent)."""
-        forced, _ = step_values(temperature, max_tokens, (0.0, 0))
-        return self.configured(config, forced, {})
 
     def _has_own_cache(self, runnable: Runnable) -> bool:
         if self._own_cache is None:

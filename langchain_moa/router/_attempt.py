@@ -29,7 +29,6 @@ from langchain_moa.router._health import (
     MalformedResponseError,
     RetryPolicy,
     backoff,
-    is_client_side,
 )
 from langchain_moa.router._limits import Lease
 from langchain_moa.router._outcome import Outcomes
@@ -385,7 +384,12 @@ class Attempts:
         yield self._stream_end(req, d, lease, t0, ttft, acc, probe)
 
     def _invoke_end(
-        self, req: Request, d: Deployment, lease: Lease, t0: float, result: ChatResult,
+        self,
+        req: Request,
+        d: Deployment,
+        lease: Lease,
+        t0: float,
+        result: ChatResult,
         probe: bool,
     ) -> AIMessage:
         """Record the answer; its ``response_metadata`` carries the decision."""
@@ -406,11 +410,9 @@ class Attempts:
         probe: bool,
     ) -> ChatGenerationChunk:
         """Record the finished stream; the last chunk carries the decision."""
-        msg = acc.message if acc is not None else AIMessageChunk(content="")
+        msg: Any = acc.message if acc is not None else AIMessageChunk(content="")
         latency = time.monotonic() - t0
-        decision = self.outcomes.succeeded(
-            req, d, msg, lease, latency, ttft, probe, req.sent_at  # type: ignore[arg-type]
-        )
+        decision = self.outcomes.succeeded(req, d, msg, lease, latency, ttft, probe, req.sent_at)
         return _final_chunk(acc, d, decision)
 
 

@@ -571,8 +571,11 @@ def admission(rec: dict[str, Any], now: float, stale_after: float) -> Claim:
         probe_at = rec.get("probe_at")
         if probe_at is not None and now - probe_at < stale_after:
             return Claim(
-                False, "half-open: probe in flight", min(now + 0.05, probe_at + stale_after),
-                False, now,
+                False,
+                "half-open: probe in flight",
+                min(now + 0.05, probe_at + stale_after),
+                False,
+                now,
             )
         return Claim(True, "", None, True, now)
     return Claim(True, "", None, False, now)

@@ -91,8 +91,12 @@ class Outcomes:
             self.store.health_update(name, apply(Event.probe_lost(), self.health_cfg))
         self.redactor.exception(exc)
         req.attempts.append(
-            {"deployment": name, "outcome": "invalid_request", "error": str(exc)[:500],
-             "pass": req.passes}
+            {
+                "deployment": name,
+                "outcome": "invalid_request",
+                "error": str(exc)[:500],
+                "pass": req.passes,
+            }
         )
         err = InvalidRequestError(
             f"the request cannot be sent ({type(exc).__name__}: {exc}); nothing was sent "

@@ -100,7 +100,8 @@ def _check_kwargs(cls: type[BaseModel], data: dict[str, Any]) -> None:
         )
     t = data.get("temperature")
     lo, hi = TEMPERATURE_RANGE
-    if t is not None and (isinstance(t, bool) or not isinstance(t, int | float) or not lo <= t <= hi):
+    bad_type = isinstance(t, bool) or not isinstance(t, int | float)
+    if t is not None and (bad_type or not lo <= t <= hi):
         raise ConfigurationError(f"temperature must be a number in [{lo:g}, {hi:g}], got {t!r}")
 
 
@@ -712,8 +713,13 @@ class ProviderRouter(BaseChatModel):
         _, capture, cfg = held
         cls = AsyncCallbackManager if is_async else CallbackManager
         manager = cls.configure(
-            cfg.get("callbacks"), None, self.verbose, cfg.get("tags"), None,
-            {**(cfg.get("metadata") or {}), **capture.metadata}, None,
+            cfg.get("callbacks"),
+            None,
+            self.verbose,
+            cfg.get("tags"),
+            None,
+            {**(cfg.get("metadata") or {}), **capture.metadata},
+            None,
         )
         return SimpleNamespace(
             run_id=capture.run_id,
@@ -782,10 +788,14 @@ def _check_encodable(messages: list[BaseMessage]) -> None:
     as UTF-8 (a lone surrogate such as ``"\\ud800"``): nothing is sent and no
     deployment is charged with a failure."""
     for i, m in enumerate(messages):
-        parts = [m.content] if isinstance(m.content, str) else [
-            p if isinstance(p, str) else (p.get("text") if isinstance(p, dict) else None)
-            for p in m.content
-        ]
+        parts = (
+            [m.content]
+            if isinstance(m.content, str)
+            else [
+                p if isinstance(p, str) else (p.get("text") if isinstance(p, dict) else None)
+                for p in m.content
+            ]
+        )
         for text in parts:
             if not isinstance(text, str):
                 continue

@@ -161,8 +161,9 @@ def make_soak(n: int, seed: int = 7) -> Soak:
     store = RecordingStore()
     router = ProviderRouter(
         deployments=[
-            Deployment(model="llamacpp/fake", base_url=servers.base_urls[name], name=name,
-                       timeout=TIMEOUT)
+            Deployment(
+                model="llamacpp/fake", base_url=servers.base_urls[name], name=name, timeout=TIMEOUT
+            )
             for name in NAMES
         ],
         strategy="least-busy",
@@ -259,16 +260,28 @@ def check(soak: Soak) -> dict[str, Any]:
         head, _, prompt = text.partition("] ")
         server, _, index = head.lstrip("[").partition("#")
         rec = by_key.get((server, int(index))) if index.isdigit() else None
-        if (prompt != _prompt(i) or rec is None or rec.status != 200
-                or rec.last_user_text != _prompt(i)):
+        if (
+            prompt != _prompt(i)
+            or rec is None
+            or rec.status != 200
+            or rec.last_user_text != _prompt(i)
+        ):
             mixed.append((i, text))
     assert not mixed, f"{len(mixed)} mixed up: {mixed[:5]}"
     # every interrupted stream was really cut after its first token
     for i, k in soak.interrupted.items():
-        cuts = [r for rs in records.values() for r in rs if r.last_user_text == _prompt(i)
-                and r.outcome in ("cut_after_first_token", "stream_without_finish")]
-        assert len(cuts) >= k, (i, k, [r.outcome for rs in records.values() for r in rs
-                                        if r.last_user_text == _prompt(i)])
+        cuts = [
+            r
+            for rs in records.values()
+            for r in rs
+            if r.last_user_text == _prompt(i)
+            and r.outcome in ("cut_after_first_token", "stream_without_finish")
+        ]
+        assert len(cuts) >= k, (
+            i,
+            k,
+            [r.outcome for rs in records.values() for r in rs if r.last_user_text == _prompt(i)],
+        )
 
     # the router's own record: admissions, windows, probes
     admissions: dict[str, list[tuple[float, bool]]] = collections.defaultdict(list)
@@ -283,17 +296,24 @@ def check(soak: Soak) -> dict[str, Any]:
                     probes += 1
                     # at most one probe in flight: none out (or lost) when this one goes
                     assert probe_out.get(name) is None or out.at - probe_out[name] >= 60, (
-                        name, out.at, probe_out[name])
+                        name,
+                        out.at,
+                        probe_out[name],
+                    )
                     probe_out[name] = out.at
-        if settle(old, new.get("since") or 0).get("probe_at") is not None and new.get(
-            "probe_at"
-        ) is None:
+        if (
+            settle(old, new.get("since") or 0).get("probe_at") is not None
+            and new.get("probe_at") is None
+        ):
             probe_out[name] = None
         if new.get("state") in ("cooling", "open") and new.get("until"):
             windows[name].add((new["since"], new["until"]))
     inside = [
-        (name, at, w) for name, ws in windows.items() for w in ws
-        for at, _ in admissions[name] if w[0] <= at < w[1]
+        (name, at, w)
+        for name, ws in windows.items()
+        for w in ws
+        for at, _ in admissions[name]
+        if w[0] <= at < w[1]
     ]
     assert not inside, f"{len(inside)} admissions inside recorded windows: {inside[:5]}"
     # the servers' logs agree: every arrival was admitted first, none inside a window

@@ -2,7 +2,8 @@
 
 Every deployment is its own :class:`~tests.fault_server.FaultServer` on 127.0.0.1, so
 the servers' request logs show exactly which deployment saw which request, when,
-and what it answered. The assertions follow the router's behaviour table (README, "What happens when a provider fails"):
+and what it answered. The assertions follow the router's behaviour table (README,
+"What happens when a provider fails"):
 
 * no request lost: every prompt gets *its own* answer (the server echoes the prompt);
 * fallover order: with ``strategy="priority"`` the servers are tried a → b → c

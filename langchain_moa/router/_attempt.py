@@ -29,6 +29,7 @@ from langchain_moa.router._health import (
     MalformedResponseError,
     RetryPolicy,
     backoff,
+    is_client_side,
 )
 from langchain_moa.router._limits import Lease
 from langchain_moa.router._outcome import Outcomes
@@ -255,7 +256,8 @@ class Attempts:
         probe: bool,
         after_first: bool = False,
     ) -> NoReturn:
-        lease.release()
+        # a client-side error sent nothing: its rate-limit reservation is refunded
+        lease.release(refund=is_client_side(exc))
         self.outcomes.failed(
             req, d, exc, time.monotonic() - t0, probe, after_first, sent_at=req.sent_at
         )

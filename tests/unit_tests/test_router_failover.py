@@ -291,6 +291,27 @@ class TestTransient:
         assert time.time() - t0 < 0.4 and len(a.times) == 2
 
 
+class TestClientSide:
+    @pytest.mark.parametrize(
+        "error",
+        [UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")],
+        ids=["unicode"],
+    )
+    def test_client_side_error_in_the_call_raises_and_charges_nobody(
+        self, error: Exception
+    ) -> None:
+        """Issue 7 defect 5, raised inside the client (not caught up front)."""
+        from langchain_moa.errors import InvalidRequestError
+
+        a, b = ScriptedChat(replies=[error]), ScriptedChat(replies=["b"])
+        router = router_of(a, b, failure_threshold=1)
+        with pytest.raises(InvalidRequestError) as info:
+            router.invoke("q")
+        assert info.value.__cause__ is error and b.calls == []
+        st = router.stats()["a"]
+        assert st["failures"] == 0 and st["state"] == "healthy"
+
+
 class TestPermanent:
     def test_401_disables_and_names_env_var(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("GROQ_API_KEY", "bad")

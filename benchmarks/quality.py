@@ -15,10 +15,12 @@ k samples per question** (``Propose([model] * k)`` at ``--temperature``), stored
 ``single``     one call, greedy (temperature 0)
 ``samples``    the shared k samples (scored as the mean accuracy of one sample, and the
                "oracle": at least one sample right — an upper bound for any selector)
-``majority``   :class:`MajorityVote` over the k samples (no extra call)
+``majority``   :class:`MajorityVote` over the k samples (no extra call);
+               ``majority3``: over the first 3 of them
 ``adaptive``   :class:`AdaptiveMajorityVote` (defaults: 2 samples, then 1 per round, stop at
                a 0.7 share or when the leader cannot be overtaken, at most k), fed the same
-               samples in the same order, so its calls and tokens are the samples it used
+               samples in the same order, so its calls and tokens are the samples it used;
+               ``adaptive3``: the same with at most 3 samples (the ``moa`` command's default)
 ``self_moa``   Self-MoA: ``Aggregate(model, temperature=0)`` over the k samples
 ``fusion``     :class:`Fusion` (judge analysis, then writer; both the same model, T=0)
 ``rsa``        :class:`RecursiveAggregate` (population = the k samples, K=``--rsa-k``,
@@ -78,6 +80,7 @@ from langchain_moa import (
     Propose,
     RecursiveAggregate,
     SequentialAggregate,
+    Take,
 )
 
 GSM8K_PROMPT = (
@@ -90,9 +93,29 @@ MMLU_PROMPT = (
     "Think briefly, then write the letter of the correct option on the last line, in the "
     "form:\nAnswer: <letter>"
 )
-SHARED = ("majority", "adaptive", "self_moa", "fusion", "rsa", "seq", "mixture")
+SHARED = (
+    "majority",
+    "majority3",
+    "adaptive",
+    "adaptive3",
+    "self_moa",
+    "fusion",
+    "rsa",
+    "seq",
+    "mixture",
+)
 ALL_METHODS = ("single", "samples", *SHARED, "single_agg")
-DEFAULT_METHODS = ("single", "samples", "majority", "adaptive", "self_moa", "fusion", "rsa")
+DEFAULT_METHODS = (
+    "single",
+    "samples",
+    "majority",
+    "majority3",
+    "adaptive",
+    "adaptive3",
+    "self_moa",
+    "fusion",
+    "rsa",
+)
 
 
 # -- data ------------------------------------------------------------------------------
@@ -322,6 +345,8 @@ class Runner:
         a = self.args
         if method == "majority":
             return MajorityVote(self.extract)
+        if method == "majority3":
+            return Take(3) | MajorityVote(self.extract)
         if method == "self_moa":
             return Aggregate(a.model, temperature=0, max_tokens=self.max_tokens)
         if method == "fusion":
@@ -377,11 +402,11 @@ class Runner:
                 return
             state, samples_wall = self.samples(q)
             started = time.perf_counter()
-            if method == "adaptive":
+            if method in ("adaptive", "adaptive3"):
                 step = AdaptiveMajorityVote(
                     _replay(state),
                     extract=self.extract,
-                    max_samples=a.k,
+                    max_samples=a.k if method == "adaptive" else min(3, a.k),
                     temperature=None,
                     max_tokens=None,
                 )
@@ -521,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rsa-k", type=int, default=2)
     p.add_argument("--rsa-rounds", type=int, default=1)
     p.add_argument("--window", type=int, default=3)
+    p.add_argument("--concurrency", type=int, default=2, help="questions in flight")
     p.add_argument(
         "--budget-s", type=float, default=None, help="stop starting questions after this"
     )

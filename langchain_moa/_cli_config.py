@@ -51,8 +51,26 @@ HOSTED_DEFAULTS: dict[str, str] = {
 }
 """Cheap default model per provider key variable, in the order they are tried."""
 
-PRESETS = ("auto", "self-moa", "moa-lite", "together-moa", "robust")
-"""``--preset`` values. ``auto``: ``self-moa`` for one proposer, ``moa-lite`` for several."""
+PRESETS = (
+    "auto",
+    "adaptive",
+    "self-consistency",
+    "self-moa",
+    "moa-lite",
+    "together-moa",
+    "robust",
+)
+"""``--preset`` values. ``auto``: :data:`DEFAULT_PRESET` with no ``--proposer``,
+``self-moa`` for one proposer, ``moa-lite`` for several."""
+
+DEFAULT_PRESET = "adaptive"
+"""What ``moa "question"`` runs with no ``--proposer``: the method that measured best
+per unit of cost on the bundled model (README, "Answer quality"): Adaptive-Consistency —
+samples of the one model drawn until their extracted final numbers agree
+(:class:`~langchain_moa.AdaptiveMajorityVote`, at most ``--samples`` calls; a question
+whose samples hold no number costs 2 calls and returns the first sample)."""
+
+ONE_MODEL_PRESETS = ("adaptive", "self-consistency", "self-moa")
 
 
 def default_model(environ: Mapping[str, str] | None = None) -> str:
@@ -88,6 +106,8 @@ class RunSettings:
     def resolved_preset(self) -> str:
         if self.preset != "auto":
             return self.preset
+        if not self.proposers:
+            return DEFAULT_PRESET
         return "moa-lite" if len(set(self.proposers)) > 1 else "self-moa"
 
 
@@ -112,9 +132,10 @@ def _check(settings: RunSettings) -> None:
         raise ConfigurationError(f"--dropout must be in [0, 1), got {settings.dropout}")
     if settings.base_url is not None:
         validate_base_url(settings.base_url, "--base-url")
-    if settings.resolved_preset() == "self-moa" and len(set(settings.proposers)) > 1:
+    preset = settings.resolved_preset()
+    if preset in ONE_MODEL_PRESETS and len(set(settings.proposers)) > 1:
         raise ConfigurationError(
-            "--preset self-moa samples one model: give one --proposer "
+            f"--preset {preset} samples one model: give one --proposer "
             "(or use --preset moa-lite for several)"
         )
 
@@ -172,7 +193,7 @@ def chosen_models(settings: RunSettings) -> tuple[list[str], str]:
     _check(settings)
     preset = settings.resolved_preset()
     base = settings.proposers or ["default" if settings.base_url is not None else default_model()]
-    if preset == "self-moa" or not settings.proposers:
+    if preset in ONE_MODEL_PRESETS or not settings.proposers:
         proposers = [base[0]] * settings.samples
     else:
         proposers = list(base)
@@ -200,7 +221,13 @@ def build_pipeline(settings: RunSettings) -> tuple[Runnable, list[str], str]:
         "aggregator_max_tokens": settings.aggregator_max_tokens or settings.max_tokens,
     }
     preset = settings.resolved_preset()
-    if preset == "self-moa":
+    if preset == "adaptive":
+        runnable = presets.adaptive_consistency(
+            refs[0], max_samples=len(refs), no_answer="first", **common
+        )
+    elif preset == "self-consistency":
+        runnable = presets.self_consistency(refs[0], k=len(refs), no_answer="first", **common)
+    elif preset == "self-moa":
         runnable = presets.self_moa(refs[0], k=len(refs), aggregator=agg, **common)
     elif preset == "moa-lite":
         runnable = presets.moa_lite(refs, agg, **common)

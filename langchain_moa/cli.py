@@ -2,7 +2,7 @@
 
 Examples::
 
-    moa "What is 17*23?"                       # Self-MoA on the bundled local model
+    moa "What is 17*23?"                       # adaptive majority vote, bundled local model
     moa "Explain CRDTs" --stream                # print the aggregator's tokens as they come
     moa "..." -p openai/gpt-4o-mini -p groq/llama-3.1-8b-instant -a openai/gpt-4o
     moa --input questions.jsonl --output answers.jsonl   # batch; rerun to resume
@@ -11,8 +11,10 @@ Examples::
 Defaults: with no ``--proposer``, the model is the bundled
 ``local/qwen2.5-coder-0.5b`` when no provider key is set, else the cheap default of
 the first provider whose key is set (see :data:`langchain_moa._cli_config.HOSTED_DEFAULTS`;
-``OPENAI_API_KEY`` -> ``openai/gpt-4o-mini``), sampled ``--samples`` times and
-aggregated by itself (Self-MoA, Li et al. 2025, arXiv 2502.00674).
+``OPENAI_API_KEY`` -> ``openai/gpt-4o-mini``), run with the measured default
+(:data:`langchain_moa._cli_config.DEFAULT_PRESET`: Adaptive-Consistency — up to
+``--samples`` samples until their final numbers agree). ``--preset self-moa`` samples it
+``--samples`` times and aggregates with itself (Self-MoA, Li et al. 2025).
 
 Exit codes: 0 success; 1 the run failed (every proposer failed, the aggregator
 failed, or some batch questions failed); 2 bad options or files, a missing extra
@@ -107,8 +109,8 @@ def main(
         str,
         typer.Option(
             "--preset",
-            help=f"Pipeline: {', '.join(PRESETS)}. auto = self-moa for one model, "
-            "moa-lite for several.",
+            help=f"Pipeline: {', '.join(PRESETS)}. auto = adaptive with no --proposer, "
+            "self-moa for one model, moa-lite for several.",
         ),
     ] = "auto",
     proposer: Annotated[
@@ -120,7 +122,10 @@ def main(
         typer.Option("--aggregator", "-a", help="The aggregator model (default: first proposer)."),
     ] = None,
     samples: Annotated[
-        int, typer.Option("--samples", "-k", help="Self-MoA: samples of the one model.")
+        int,
+        typer.Option(
+            "--samples", "-k", help="Samples of the one model (adaptive: at most this many)."
+        ),
     ] = 3,
     temperature: Annotated[
         float, typer.Option("--temperature", "-t", help="Sampling temperature, 0..2.")

@@ -251,16 +251,22 @@ def self_moa_seq(
 
 
 def self_consistency(
-    model: Any, k: int = 5, extract: Any = "number", **options: Unpack[PresetOptions]
+    model: Any,
+    k: int = 5,
+    extract: Any = "number",
+    *,
+    no_answer: str = "raise",
+    **options: Unpack[PresetOptions],
 ) -> Runnable:
     """Self-consistency (Wang et al. 2022): ``k`` samples of one model, then the
     majority of their extracted answers (:class:`MajorityVote`, no extra call).
 
-    ``extract``: ``"number"``, ``"choice"``, an extractor or a callable text -> answer.
-    Calls: ``k``.
+    ``extract``: ``"number"``, ``"choice"``, an extractor or a callable text -> answer;
+    ``no_answer``: ``"raise"`` or ``"first"``, as for :class:`MajorityVote`. Calls: ``k``.
     """
     k = validate_positive_int(k, "k")
-    steps = [Propose([model] * k, **_references(options)), MajorityVote(extract)]
+    vote = MajorityVote(extract, no_answer=no_answer)  # type: ignore[arg-type]
+    steps = [Propose([model] * k, **_references(options)), vote]
     return pipeline(steps).with_config(run_name="self_consistency")
 
 
@@ -268,18 +274,23 @@ def adaptive_consistency(
     model: Any,
     max_samples: int = 5,
     extract: Any = "number",
+    *,
+    no_answer: str = "raise",
     **options: Unpack[PresetOptions],
 ) -> Runnable:
     """Adaptive-Consistency (Aggarwal et al. 2023): samples drawn one round at a time
     until the majority is settled (:class:`AdaptiveMajorityVote` with its defaults:
     2 samples first, then 1 per round, stop at a 0.7 share or when the leader cannot
-    be overtaken). Calls: 2 .. ``max_samples``.
+    be overtaken). ``no_answer="first"``: a question whose samples hold no extractable
+    answer returns the first sample after 2 calls. Calls: 2 .. ``max_samples``.
     """
     refs = _references(options)
     step = AdaptiveMajorityVote(
         model,
         extract=extract,
         max_samples=max_samples,
+        min_samples=min(2, max_samples),
+        no_answer=no_answer,  # type: ignore[arg-type]
         temperature=refs["temperature"],
         max_tokens=refs["max_tokens"],
         max_concurrency=refs["max_concurrency"],

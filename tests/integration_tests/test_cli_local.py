@@ -1,8 +1,8 @@
 """The ``moa`` command's batch mode on the real bundled model, including a real kill
 (SIGKILL of a running ``python -m langchain_moa.cli``) and the resumed run.
 
-No ``--proposer``: with no provider key set the command's default (Self-MoA over
-``local/qwen2.5-coder-0.5b``) is what runs; ``LANGCHAIN_MOA_LOCAL_BASE_URL`` points it
+No ``--proposer``: with no provider key set, Self-MoA (``--preset self-moa``) over
+``local/qwen2.5-coder-0.5b`` is what runs; ``LANGCHAIN_MOA_LOCAL_BASE_URL`` points it
 at the session's server so the model is loaded once.
 """
 
@@ -30,7 +30,8 @@ QUESTIONS = [
     {"id": "color", "question": "Name one color of the rainbow, in one word."},
     {"id": "capital", "question": "What is the capital of France? One word."},
 ]
-TINY = ["-k", "2", "--max-tokens", "16", "--aggregator-max-tokens", "24", "-t", "0.7"]
+TINY = ["--preset", "self-moa", "-k", "2", "--max-tokens", "16", "--aggregator-max-tokens", "24"]
+TINY += ["-t", "0.7"]
 
 
 @pytest.fixture

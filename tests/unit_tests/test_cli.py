@@ -197,7 +197,7 @@ def test_openai_key_runs_the_hosted_default_against_openai_base_url(
 ):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     monkeypatch.setenv("OPENAI_BASE_URL", fault_server.base_url)
-    result = moa("q", "-k", "2", "-q", "--json")
+    result = moa("q", "--preset", "self-moa", "-k", "2", "-q", "--json")
     assert result.exit_code == 0, result.output
     reqs = fault_server.chat_requests
     assert [r.model for r in reqs] == ["gpt-4o-mini"] * 3

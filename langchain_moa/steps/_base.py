@@ -18,7 +18,7 @@ from langchain_core.callbacks.manager import (
     CallbackManager,
     adispatch_custom_event,
 )
-from langchain_core.language_models import LanguageModelInput
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
@@ -26,7 +26,7 @@ from langchain_core.messages import (
     convert_to_messages,
     convert_to_openai_messages,
 )
-from langchain_core.prompt_values import PromptValue
+from langchain_core.prompt_values import ChatPromptValue, PromptValue
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import (
     ContextThreadPoolExecutor,
@@ -588,7 +588,9 @@ class LLMStep(Step):
         started = time.perf_counter()
         try:
             target, kwargs = _unbind(runnable)
-            reply = target.invoke(job.messages, self.call_config(job, config), **kwargs)
+            reply = target.invoke(
+                _model_input(target, job), self.call_config(job, config), **kwargs
+            )
         except Exception as exc:  # recorded, then judged by the step's quorum rule
             record = charge.settle(self.make_record(job, None, started, exc))
             return Result(job, record, exception=exc)
@@ -599,7 +601,9 @@ class LLMStep(Step):
         started = time.perf_counter()
         try:
             target, kwargs = _unbind(runnable)
-            reply = await target.ainvoke(job.messages, self.call_config(job, config), **kwargs)
+            reply = await target.ainvoke(
+                _model_input(target, job), self.call_config(job, config), **kwargs
+            )
         except Exception as exc:
             record = charge.settle(self.make_record(job, None, started, exc))
             return Result(job, record, exception=exc)
@@ -678,26 +682,59 @@ def _unbind(runnable: Runnable) -> tuple[Runnable, dict[str, Any]]:
     return runnable, {}
 
 
-_CONVERTED: OrderedDict[tuple[int, ...], tuple[tuple[BaseMessage, ...], list[dict]]] = OrderedDict()
-_CONVERTED_LOCK = threading.Lock()
+class _Conversation:
+    """One conversation a layer sends to many agents, converted once per form."""
+
+    __slots__ = ("messages", "_openai", "_prompt")
+
+    def __init__(self, messages: tuple[BaseMessage, ...]) -> None:
+        self.messages = messages  # held, so the ids in the memo key stay unique
+        self._openai: list[dict[str, Any]] | None = None
+        self._prompt: ChatPromptValue | None = None
+
+    def openai(self) -> list[dict[str, Any]]:
+        if self._openai is None:
+            self._openai = convert_to_openai_messages(list(self.messages))
+        return self._openai
+
+    def prompt(self) -> ChatPromptValue:
+        if self._prompt is None:
+            # the messages are already BaseMessages: no validation pass
+            self._prompt = ChatPromptValue.model_construct(messages=list(self.messages))
+        return self._prompt
+
+
+_CONVERSATIONS: OrderedDict[tuple[int, ...], _Conversation] = OrderedDict()
+_CONVERSATIONS_LOCK = threading.Lock()
+
+
+def _conversation(messages: list[BaseMessage]) -> _Conversation:
+    """The memoised :class:`_Conversation` of ``messages`` (by message identity; the
+    last 256 are kept): a layer's calls all send the same messages."""
+    key = tuple(map(id, messages))
+    with _CONVERSATIONS_LOCK:
+        hit = _CONVERSATIONS.get(key)
+        if hit is not None:
+            _CONVERSATIONS.move_to_end(key)
+            return hit
+        hit = _CONVERSATIONS[key] = _Conversation(tuple(messages))
+        if len(_CONVERSATIONS) > 256:
+            _CONVERSATIONS.popitem(last=False)
+        return hit
 
 
 def _openai_messages(messages: list[BaseMessage]) -> list[dict[str, Any]]:
-    """``convert_to_openai_messages``, once per conversation: a layer's calls all send
-    the same messages. Memoised by message identity (the entry holds the messages, so
-    an id cannot be reused while it is cached); the last 256 conversations are kept."""
-    key = tuple(map(id, messages))
-    with _CONVERTED_LOCK:
-        hit = _CONVERTED.get(key)
-        if hit is not None:
-            _CONVERTED.move_to_end(key)
-            return hit[1]
-    converted = convert_to_openai_messages(messages)
-    with _CONVERTED_LOCK:
-        _CONVERTED[key] = (tuple(messages), converted)
-        if len(_CONVERTED) > 256:
-            _CONVERTED.popitem(last=False)
-    return converted
+    """``convert_to_openai_messages(messages)``, once per conversation."""
+    return _conversation(messages).openai()
+
+
+def _model_input(target: Runnable, job: Job) -> Any:
+    """What a call passes: a chat model gets a ``ChatPromptValue`` built once per
+    conversation (LangChain would otherwise re-check and re-wrap the list on every
+    call); any other Runnable gets the list of messages, as documented."""
+    if isinstance(target, BaseChatModel):
+        return _conversation(job.messages).prompt()
+    return job.messages
 
 
 def _has_tool_calls(message: Any) -> bool:

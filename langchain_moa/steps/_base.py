@@ -29,7 +29,6 @@ from langchain_core.messages import (
 from langchain_core.prompt_values import ChatPromptValue, PromptValue
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import (
-    ContextThreadPoolExecutor,
     ensure_config,
     get_async_callback_manager_for_config,
     get_callback_manager_for_config,
@@ -44,6 +43,7 @@ from langchain_moa import _budget, pricing
 from langchain_moa._agents import Agent
 from langchain_moa._settings import DEFAULT, _Default, check_reachable, step_values
 from langchain_moa.errors import ConfigurationError
+from langchain_moa.steps._threads import POOL_SIZE, map_bounded
 from langchain_moa.types import CallRecord, MoAState
 
 STEP_EVENT = "moa_step"
@@ -385,9 +385,11 @@ class Result:
         return result
 
 
-DEFAULT_SYNC_WORKERS = 64
+DEFAULT_SYNC_WORKERS = POOL_SIZE
 """Threads a sync fan-out (``invoke``) uses at most when neither the step nor the run
-config sets ``max_concurrency``; ``ainvoke`` runs every call at once on the event loop."""
+config sets ``max_concurrency`` (64, from the process-wide pool of
+:mod:`langchain_moa.steps._threads`); ``ainvoke`` runs every call at once on the
+event loop."""
 
 
 class LLMStep(Step):
@@ -641,8 +643,7 @@ class LLMStep(Step):
             results = [one(jobs[0])]
             report.calls.extend(results[0].records)
             return results
-        with ContextThreadPoolExecutor(max_workers=self._workers(config, len(jobs))) as pool:
-            results = list(pool.map(one, jobs))
+        results = map_bounded(one, jobs, self._workers(config, len(jobs)))
         report.calls.extend(record for result in results for record in result.records)
         return results
 

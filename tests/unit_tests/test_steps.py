@@ -578,3 +578,28 @@ def test_sync_fan_out_uses_a_bounded_default_pool() -> None:
     agent = chat("x", delay=0.02, gauge=gauge)
     Propose([agent] * 100, max_concurrency=80).invoke("q")
     assert gauge.peak <= 80
+
+
+def test_nested_sync_fan_outs_do_not_wait_for_their_parents_threads() -> None:
+    """Every thread of the shared pool busy with an outer agent whose model is itself a
+    sync MoA layer: the inner layers get threads of their own (no deadlock)."""
+    from langchain_core.runnables import RunnableLambda
+
+    from langchain_moa.steps._base import DEFAULT_SYNC_WORKERS
+
+    inner = Propose([chat("x", delay=0.01)] * 3) | Aggregate(chat("inner answer"))
+
+    def nested(messages: list) -> AIMessage:
+        return inner.invoke(messages)
+
+    agent = RunnableLambda(nested)
+    out = Propose([agent] * (DEFAULT_SYNC_WORKERS + 8)).invoke("q")
+    assert out.texts == ["inner answer"] * (DEFAULT_SYNC_WORKERS + 8)
+
+
+def test_concurrent_sync_runs_share_the_pool() -> None:
+    gauge = Gauge()
+    step = Propose([chat("x", delay=0.01, gauge=gauge)] * 40)
+    outs = step.batch([f"q{i}" for i in range(4)], config={"max_concurrency": 4})
+    assert [len(o.candidates) for o in outs] == [40] * 4
+    assert gauge.total == 160

@@ -80,7 +80,6 @@ from langchain_moa import (
     Propose,
     RecursiveAggregate,
     SequentialAggregate,
-    Take,
 )
 
 GSM8K_PROMPT = (
@@ -165,6 +164,7 @@ def load(dataset: str) -> list[dict[str, Any]]:
                     "prompt": prompt,
                     "gold": row["correct_answer"],
                     "topic": row.get("topic"),
+                    "options": {k: row[f"answer_{k.lower()}"] for k in "ABCD"},
                 }
             )
     else:
@@ -179,8 +179,44 @@ def sample_questions(dataset: str, n: int, seed: int) -> list[dict[str, Any]]:
     return items[:n]
 
 
-def extractor_for(dataset: str) -> Any:
-    return NumberAnswer() if dataset == "gsm8k" else ChoiceAnswer()
+class OptionAnswer:
+    """MMLU answers: the option letter (:class:`ChoiceAnswer`), else the option whose text
+    the reply's last ``Answer:`` line gives (the 0.5B model often writes the option's text,
+    e.g. ``Answer: Marketing mix``, instead of its letter)."""
+
+    def __init__(self, options: dict[str, str]) -> None:
+        self.letter = ChoiceAnswer()
+        self.options = {k: _norm(v) for k, v in options.items()}
+
+    def __call__(self, text: str) -> str | None:
+        letter = self.letter(text)
+        if letter is not None or not text:
+            return letter
+        marker = text.lower().rfind("answer:")
+        if marker < 0:
+            return None
+        rest = text[marker + len("answer:") :].strip()
+        said = _norm(rest.splitlines()[0]) if rest else ""
+        if not said:
+            return None
+        exact = [k for k, v in self.options.items() if v and v == said]
+        if len(exact) == 1:
+            return exact[0]
+        inside = [k for k, v in self.options.items() if v and (v in said or said in v)]
+        return inside[0] if len(inside) == 1 else None
+
+    def __repr__(self) -> str:
+        return "OptionAnswer()"
+
+
+def _norm(text: str) -> str:
+    return " ".join("".join(ch for ch in text.casefold() if ch.isalnum() or ch.isspace()).split())
+
+
+def extractor_for(dataset: str, q: dict[str, Any] | None = None) -> Any:
+    if dataset == "gsm8k":
+        return NumberAnswer()
+    return OptionAnswer(q["options"]) if q and q.get("options") else ChoiceAnswer()
 
 
 def is_correct(dataset: str, predicted: Any, gold: str) -> bool:
@@ -249,7 +285,6 @@ class Runner:
     def __init__(self, args: argparse.Namespace, dataset: str) -> None:
         self.args = args
         self.dataset = dataset
-        self.extract = extractor_for(dataset)
         self.log = Path(args.out_dir) / f"quality_{dataset}.jsonl"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.done = self._done()
@@ -285,7 +320,7 @@ class Runner:
         error: str | None = None,
         **extra: Any,
     ) -> dict[str, Any]:
-        predicted = self.extract(text) if text else None
+        predicted = extractor_for(self.dataset, q)(text) if text else None
         return {
             "dataset": self.dataset,
             "qid": q["qid"],
@@ -316,7 +351,7 @@ class Runner:
         state = step.invoke(q["prompt"])
         wall = time.perf_counter() - started
         usage = state.usage()
-        answers = [self.extract(t) for t in state.texts]
+        answers = [extractor_for(self.dataset, q)(t) for t in state.texts]
         correct = [is_correct(self.dataset, a, q["gold"]) for a in answers]
         self._write(
             {
@@ -344,9 +379,7 @@ class Runner:
     def shared_step(self, method: str, q: dict[str, Any]) -> Any:
         a = self.args
         if method == "majority":
-            return MajorityVote(self.extract)
-        if method == "majority3":
-            return Take(3) | MajorityVote(self.extract)
+            return MajorityVote(extractor_for(self.dataset, q), no_answer="first")
         if method == "self_moa":
             return Aggregate(a.model, temperature=0, max_tokens=self.max_tokens)
         if method == "fusion":
@@ -365,7 +398,7 @@ class Runner:
                 seed=int(q["qid"]),
                 temperature=a.temperature,
                 max_tokens=self.max_tokens,
-            ) | MajorityVote(self.extract)
+            ) | MajorityVote(extractor_for(self.dataset, q), no_answer="first")
         if method == "seq":
             return SequentialAggregate(
                 a.model, window=a.window, temperature=0, max_tokens=self.max_tokens
@@ -402,10 +435,24 @@ class Runner:
                 return
             state, samples_wall = self.samples(q)
             started = time.perf_counter()
+            if method == "majority3":
+                # the first 3 samples and only their calls: charged 3 calls
+                first = state.candidates[:3]
+                state = state.model_copy(
+                    update={
+                        "candidates": [
+                            c.model_copy(update={"call_index": i}) for i, c in enumerate(first)
+                        ],
+                        "calls": [state.calls[c.call_index] for c in first],
+                    }
+                )
+                samples_wall = max((c.latency_s for c in first), default=0.0)
+                method_step: Any = MajorityVote(extractor_for(self.dataset, q), no_answer="first")
             if method in ("adaptive", "adaptive3"):
                 step = AdaptiveMajorityVote(
                     _replay(state),
-                    extract=self.extract,
+                    no_answer="first",
+                    extract=extractor_for(self.dataset, q),
                     max_samples=a.k if method == "adaptive" else min(3, a.k),
                     temperature=None,
                     max_tokens=None,
@@ -417,6 +464,9 @@ class Runner:
                 # rounds: the first 2 samples in parallel, then one at a time
                 wall = (max(lat[:2]) if lat else 0.0) + sum(lat[2:])
                 extra = {"samples_used": used, "stopped": meta["stopped"]}
+            elif method == "majority3":
+                message = method_step.invoke(state)
+                wall = samples_wall + time.perf_counter() - started
             else:
                 message = self.shared_step(method, q).invoke(state)
                 wall = samples_wall + time.perf_counter() - started
@@ -532,6 +582,49 @@ def _stats(
     }
 
 
+def rescore(args: argparse.Namespace) -> int:
+    """Re-extract every stored answer with the current extractors (no model call): texts
+    are re-scored, the samples' answers recomputed, and the methods that only select among
+    the stored samples (majority, majority3, adaptive, adaptive3) run again on them."""
+    free = ("majority", "majority3", "adaptive", "adaptive3")
+    for dataset in args.dataset:
+        log = Path(args.out_dir) / f"quality_{dataset}.jsonl"
+        if not log.exists():
+            continue
+        questions = {q["qid"]: q for q in load(dataset)}
+        latest: dict[tuple[int, str], dict[str, Any]] = {}
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            latest[(row["qid"], row["method"])] = row
+        kept = []
+        for (qid, method), row in latest.items():
+            q = questions[qid]
+            extract = extractor_for(dataset, q)
+            if method in free:
+                continue
+            if method == "samples" and row.get("state"):
+                texts = [c["text"] for c in row["state"]["candidates"]]
+                row["answers"] = [extract(t) for t in texts]
+                row["sample_correct"] = [is_correct(dataset, a, q["gold"]) for a in row["answers"]]
+            elif row.get("text") is not None:
+                row["predicted"] = extract(row["text"])
+                row["correct"] = is_correct(dataset, row["predicted"], q["gold"])
+            kept.append(row)
+        tmp = log.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in kept))
+        tmp.replace(log)
+        runner = Runner(args, dataset)
+        for qid in sorted({q for (q, m) in latest if m == "samples"}):
+            for method in free:
+                if any(m == method for (qq, m) in latest if qq == qid):
+                    runner.run_method(method, questions[qid])
+        print(f"[{dataset}] rescored {len(kept)} rows", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", nargs="+", default=["gsm8k"], choices=["gsm8k", "mmlu"])
@@ -552,9 +645,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
     p.add_argument("--report", action="store_true", help="print the table from the logs")
+    p.add_argument(
+        "--rescore", action="store_true", help="re-extract stored answers (no model call)"
+    )
     args = p.parse_args(argv)
     if args.methods and any(m in SHARED for m in args.methods) and "samples" not in args.methods:
         args.methods = ["samples", *args.methods]
+    if args.rescore:
+        return rescore(args)
     return report(args) if args.report else run(args)
 
 

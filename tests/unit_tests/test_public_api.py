@@ -37,7 +37,7 @@ EXPECTED_ALL = [
     # errors
     "MoAError", "ConfigurationError", "MissingAPIKeyError", "LayerFailedError",
     "AggregatorError", "LocalModelError", "RouterError", "NoDeploymentAvailableError",
-    "DeploymentDisabledError",
+    "DeploymentDisabledError", "InvalidRequestError", "StreamInterruptedError",
 ]  # fmt: skip
 
 

@@ -257,7 +257,9 @@ class MoAChatModel(BaseChatModel):
 
     # -- generation ---------------------------------------------------------------
 
-    def _config(self, run_manager: Any, stop: list[str] | None, kwargs: dict[str, Any]) -> RunnableConfig:
+    def _config(
+        self, run_manager: Any, stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> RunnableConfig:
         tools = kwargs.pop("moa_tools", None)
         tool_kwargs = kwargs.pop("moa_tool_kwargs", None) or {}
         call_kwargs = {

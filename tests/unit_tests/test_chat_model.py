@@ -83,7 +83,9 @@ class ToolUser(ScriptedChat):
         name = kwargs["tools"][0]["function"]["name"]
         return AIMessage(
             content="",
-            tool_calls=[{"name": name, "args": dict(self.tool_args), "id": f"call_{len(self.calls)}"}],
+            tool_calls=[
+                {"name": name, "args": dict(self.tool_args), "id": f"call_{len(self.calls)}"}
+            ],
             usage_metadata={"input_tokens": 7, "output_tokens": 3, "total_tokens": 10},
             response_metadata={"model_name": self.model_name},
         )
@@ -225,8 +227,9 @@ def test_an_aggregator_without_bind_tools_raises_naming_it():
     [
         ({"pipeline": Propose([chat("a")])}, "end with Aggregate or Vote"),
         ({"pipeline": "openai/gpt-4o"}, "Runnable"),
-        ({"pipeline": Propose([chat("a")]) | Aggregate(chat("b")), "temperature": 3}, "temperature"),
-        ({"pipeline": Propose([chat("a")]) | Aggregate(chat("b")), "max_tokns": 3}, "max_tokns"),
+        ({"pipeline": [Propose([chat("a")]), Aggregate(chat("b"))], "temperature": 3},
+         "temperature"),
+        ({"pipeline": [Propose([chat("a")]), Aggregate(chat("b"))], "max_tokns": 3}, "max_tokns"),
     ],
 )
 def test_bad_parameters_raise_configuration_error(kwargs, fragment):

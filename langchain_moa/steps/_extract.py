@@ -175,7 +175,9 @@ class RegexAnswer:
         ConfigurationError: the pattern does not compile, or has no such group.
     """
 
-    def __init__(self, pattern: str | re.Pattern[str], group: int | None = None, *, casefold: bool = True) -> None:
+    def __init__(
+        self, pattern: str | re.Pattern[str], group: int | None = None, *, casefold: bool = True
+    ) -> None:
         try:
             self.pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
         except re.error as exc:
@@ -184,9 +186,14 @@ class RegexAnswer:
             raise ConfigurationError(f"pattern must be a str or re.Pattern, got {pattern!r}")
         if group is None:
             group = 1 if self.pattern.groups else 0
-        if isinstance(group, bool) or not isinstance(group, int) or not 0 <= group <= self.pattern.groups:
+        if (
+            isinstance(group, bool)
+            or not isinstance(group, int)
+            or not 0 <= group <= self.pattern.groups
+        ):
             raise ConfigurationError(
-                f"group must be an int in [0, {self.pattern.groups}] for this pattern, got {group!r}"
+                f"group must be an int in [0, {self.pattern.groups}] for this pattern, "
+                f"got {group!r}"
             )
         self.group = group
         self.casefold = bool(casefold)
@@ -222,7 +229,9 @@ class JsonFieldAnswer:
 
     def __init__(self, field: str) -> None:
         if not isinstance(field, str) or not field or any(not p for p in field.split(".")):
-            raise ConfigurationError(f"field must be a key or dotted path such as 'a.b', got {field!r}")
+            raise ConfigurationError(
+                f"field must be a key or dotted path such as 'a.b', got {field!r}"
+            )
         self.field = field
         self._path = field.split(".")
 

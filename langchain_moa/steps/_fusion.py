@@ -21,7 +21,7 @@ from langchain_moa._prompts import numbered, with_system
 from langchain_moa._settings import DEFAULT, _Default, step_values
 from langchain_moa.errors import AggregatorError, ConfigurationError
 from langchain_moa.steps._aggregate import final_message, single_agent
-from langchain_moa.steps._base import Job, LLMStep, Result, StepReport
+from langchain_moa.steps._base import Job, Result, StepReport
 from langchain_moa.steps._judges import _Judge, _transient
 from langchain_moa.types import MoAState
 

@@ -26,9 +26,7 @@ from langchain_moa.types import MoAState
 
 __all__ = ["SequentialAggregate", "windows"]
 
-SYNTHESIS_NOTE = (
-    "Response 1 is the synthesis of the earlier responses so far; the others are new."
-)
+SYNTHESIS_NOTE = "Response 1 is the synthesis of the earlier responses so far; the others are new."
 
 
 def windows(n: int, window: int) -> list[list[int]]:
@@ -111,7 +109,12 @@ class SequentialAggregate(LLMStep):
         return AIMessage
 
     def _job(
-        self, state: MoAState, j: int, indices: list[int], synthesis: str | None, config: RunnableConfig
+        self,
+        state: MoAState,
+        j: int,
+        indices: list[int],
+        synthesis: str | None,
+        config: RunnableConfig,
     ) -> Job:
         texts = [state.candidates[i].text for i in indices]
         instruction = self.prompt or AGGREGATE_PROMPT
@@ -128,7 +131,9 @@ class SequentialAggregate(LLMStep):
 
     def _plan(self, report: StepReport) -> list[list[int]]:
         if not report.state.candidates:
-            raise AggregatorError("SequentialAggregate", self.agent.name, "no candidates to aggregate")
+            raise AggregatorError(
+                "SequentialAggregate", self.agent.name, "no candidates to aggregate"
+            )
         return windows(len(report.state.candidates), self.window)
 
     def _message(self, report: StepReport, result: Result, plan: list[list[int]]) -> AIMessage:
@@ -140,7 +145,9 @@ class SequentialAggregate(LLMStep):
     def _run(self, report: StepReport, config: RunnableConfig) -> AIMessage:
         plan, synthesis, result = self._plan(report), None, None
         for j, indices in enumerate(plan):
-            [result] = self.run_jobs([self._job(report.state, j, indices, synthesis, config)], report, config)
+            [result] = self.run_jobs(
+                [self._job(report.state, j, indices, synthesis, config)], report, config
+            )
             synthesis = self._check(result)
         assert result is not None
         return self._message(report, result, plan)

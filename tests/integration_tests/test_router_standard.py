@@ -5,17 +5,21 @@ llama.cpp on 127.0.0.1 (the ``local_server`` fixture of ``conftest.py``); its ba
 URL reaches the class-level ``chat_model_params`` through the environment variable
 ``LANGCHAIN_MOA_LOCAL_BASE_URL``, set by an autouse fixture for each test.
 
-The local engine is llama.cpp's ``llama-server`` with ``--jinja``: tool calls use the
-model's own chat template and ``tool_choice="required"`` (LangChain's ``"any"``) is
-grammar-enforced; JSON-schema ``response_format`` is grammar-enforced too. So the
-suite's tool-calling, tool-choice and structured-output tests run (through the
-router: ``bind_tools`` and ``with_structured_output`` pass through to the
-deployments). Structured output uses ``method="json_schema"`` and a 128-token budget
-(``structured_output_kwargs``): the suite's joke does not fit the 24 tokens that keep
-the other tests short.
+The local engine is llama.cpp's ``llama-server``. JSON-schema ``response_format`` is
+grammar-enforced there and works on the bundled model (``test_json_schema_structured_
+output_is_enforced_by_the_server`` in test_local_model.py), but the suite's structured-
+output tests stay off, tried and failing:
 
-Standard tests still switched off, and why:
-
+* structured output: with ``method="json_schema"`` and 128 tokens the 0.5B model's
+  grammar-constrained joke runs to the token limit (``LengthFinishReasonError``) in
+  7 of 8 tests, and turning it on makes the unit suite's
+  ``test_with_structured_output`` fail with ``ProviderRouter got unknown parameter
+  'api_key'`` (a router issue, reported);
+* tool calling / tool choice: with the bundled model's chat template (Qwen2.5's
+  ``<tool_call>`` format) llama.cpp 0.94.0-pydist's chat parser neither constrains nor
+  parses tool calls: even with ``tool_choice="required"`` the 0.5B model answers with
+  the call's JSON as plain content and ``tool_calls`` stays empty (see
+  ``test_tool_calls_through_bind_tools`` in test_local_model.py, an expected failure);
 * JSON mode (``response_format: json_object``): supported by the server and the
   router, but the suite's joke-as-JSON answer does not fit the 24-token budget of
   ``with_structured_output(method="json_mode")`` (it takes no extra kwargs here) and
@@ -64,15 +68,15 @@ class _LocalModel:
 
     @property
     def has_tool_calling(self) -> bool:
-        return True
+        return False
 
     @property
     def has_tool_choice(self) -> bool:
-        return True
+        return False
 
     @property
     def has_structured_output(self) -> bool:
-        return True
+        return False
 
     @property
     def structured_output_kwargs(self) -> dict[str, Any]:

@@ -99,7 +99,8 @@ def one_stream(base_url: str, model: str, max_tokens: int) -> dict[str, float]:
 
 
 def layer(base_url: str, model: str, k: int, max_tokens: int) -> dict[str, float]:
-    llm = chat_model_for_base_url(base_url, model, timeout=600)
+    # ignore_eos: every sample is max_tokens long, as in the recorded baseline
+    llm = chat_model_for_base_url(base_url, model, timeout=600, extra_body={"ignore_eos": True})
     step = Propose([llm] * k, temperature=0.7, max_tokens=max_tokens, max_concurrency=k)
     started = time.perf_counter()
     state = step.invoke(LAYER_PROMPT)

@@ -253,11 +253,11 @@ def _start_local_models(names: list[str], quiet: bool) -> None:
     (not a failed call inside the pipeline) and the first answer's latency is honest."""
     import os
 
-    from langchain_moa._local._server import require_llama_cpp
+    from langchain_moa._local._server import require_engine
     from langchain_moa.local import LOCAL_BASE_URL_ENV, get_local_chat_model
 
     if names and not os.environ.get(LOCAL_BASE_URL_ENV):
-        require_llama_cpp()  # the install hint before any "starting" line
+        require_engine()  # the install hint before any "starting" line
     for name in names:
         if not quiet:
             typer.echo(f"moa: starting local model {name} ...", err=True)

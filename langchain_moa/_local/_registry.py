@@ -11,7 +11,7 @@ from typing import Any
 from langchain_moa._local._assembly import ensure_model
 from langchain_moa._local._catalog import DEFAULT_LOCAL_MODEL, resolve_bundled_model
 from langchain_moa._local._clients import chat_model_for_base_url
-from langchain_moa._local._server import DEFAULT_SLOTS, LocalServer, require_llama_cpp
+from langchain_moa._local._server import DEFAULT_SLOTS, LocalServer, require_engine
 from langchain_moa.errors import ConfigurationError
 
 __all__ = [
@@ -44,7 +44,7 @@ def _model_path(name: str) -> tuple[Path, str]:
         path = Path(name).expanduser().resolve()
         return path, path.stem
     model = resolve_bundled_model(name)
-    require_llama_cpp()  # before spending seconds on assembly
+    require_engine()  # before spending seconds on assembly
     return ensure_model(model.name), model.name
 
 

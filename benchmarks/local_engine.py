@@ -161,15 +161,15 @@ def run_main(args: argparse.Namespace) -> None:
                 pid = server.pid if name == "llama-server" else None
                 n = args.max_tokens
                 for case, fn in [
-                    ("one stream", lambda u=url: one_stream(u, DEFAULT_LOCAL_MODEL, n)),
-                    ("layer k=3", lambda u=url: layer(u, DEFAULT_LOCAL_MODEL, 3, n)),
-                    ("layer k=6", lambda u=url: layer(u, DEFAULT_LOCAL_MODEL, 6, n)),
+                    ("one stream", lambda u=url, n=n: one_stream(u, DEFAULT_LOCAL_MODEL, n)),
+                    ("layer k=3", lambda u=url, n=n: layer(u, DEFAULT_LOCAL_MODEL, 3, n)),
+                    ("layer k=6", lambda u=url, n=n: layer(u, DEFAULT_LOCAL_MODEL, 6, n)),
                 ]:
                     cpu0 = _cpu_seconds(pid)
                     data = fn()
                     record(f"{name} {case}", data, _cpu_seconds(pid) - cpu0)
     if not args.no_e2e:
-        for rnd in range(args.rounds):
+        for _ in range(args.rounds):
             record("moa e2e (fresh process)", moa_end_to_end(), float("nan"))
     print("\nsummary (median of rounds)")
     for case, entry in results.items():
@@ -222,7 +222,7 @@ def run_contention(args: argparse.Namespace) -> None:
         for server in servers.values():
             server.stop()
     print(f"\nsummary: one stream, tokens/s (median of {args.rounds}), {args.max_tokens} tokens")
-    print("threads poll | quiet            | with {} busy loops".format(args.hogs))
+    print(f"threads poll | quiet            | with {args.hogs} busy loops")
     for t, p in settings:
         print(
             f"{t:7d} {p:4d} | {_summary(results[(t, p, 0)]):16s} | "

@@ -128,8 +128,8 @@ def get_local_chat_model(
     The first call assembles the model into the cache (once per machine, see
     :func:`ensure_model`), builds llama.cpp's ``llama-server`` if no build is cached
     (once per machine, minutes; see :func:`ensure_llama_server`) and starts the
-    server (a few seconds); later calls reuse the server. If :data:`LOCAL_BASE_URL_ENV` is set, nothing is spawned and the
-    client points at that server.
+    server (a few seconds); later calls reuse the server. If :data:`LOCAL_BASE_URL_ENV`
+    is set, nothing is spawned and the client points at that server.
 
     Args:
         name: ``"qwen2.5-coder-0.5b"`` (default), ``"qwen2.5-coder-1.5b"`` (needs the

@@ -419,7 +419,8 @@ class Planner:
     def _at_limit(self, req: Request, now: float) -> bool:
         """Whether every deployment of ``req`` is at a rate or concurrency limit now."""
         t, name, factor = self._ready(req, now)
-        if t > now and t < math.inf and name is not None and factor in ("rpm", "tpm", "concurrency"):
+        limited = factor in ("rpm", "tpm", "concurrency")
+        if now < t < math.inf and name is not None and limited:
             self._limited(req, name, factor, t)
             return True
         return False

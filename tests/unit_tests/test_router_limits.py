@@ -311,7 +311,9 @@ class TestStreamsQueue:
 
         async def one() -> tuple[str, dict]:
             chunks = [c async for c in router.astream("q")]
-            meta = [c.response_metadata["router"] for c in chunks if "router" in c.response_metadata]
+            meta = [
+                c.response_metadata["router"] for c in chunks if "router" in c.response_metadata
+            ]
             return "".join(c.content for c in chunks), meta[-1]
 
         out = await asyncio.gather(*[one() for _ in range(8)])

@@ -67,12 +67,17 @@ _LIVE: set[LocalServer] = set()  # strong refs: each is a process to stop at exi
 
 
 def default_threads() -> int:
-    """Generation threads when none are given: the usable CPUs, at most 8."""
+    """Generation threads when none are given: the usable CPUs minus one, at least 1,
+    at most 8. ggml's worker threads meet at a barrier after every operation, so one
+    thread descheduled by other work stalls them all: on 2 cores with one busy
+    process beside the server, 2 threads fell from 23 to 0.5 tokens/s while 1 thread
+    kept 13-14 (README, "Shared cores"). Leaving one core free costs speed on an idle
+    machine and keeps the server usable on a shared one."""
     try:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         usable = os.cpu_count() or 1
-    return max(1, min(8, usable))
+    return max(1, min(8, usable - 1))
 
 
 def require_engine() -> None:

@@ -60,12 +60,16 @@ def test_disagreeing_samples_draw_up_to_samples_and_keep_the_majority(hosted: Fa
     assert "[adaptive: 3 calls," in result.stderr
 
 
-def test_free_text_question_costs_two_calls_and_returns_the_first_sample(hosted: FaultServer):
-    hosted.script(Fault.ok("CRDTs merge concurrent edits."), Fault.ok("They converge."))
+def test_free_text_question_costs_two_calls_and_returns_a_sample(hosted: FaultServer):
+    # The two samples are sent at once, so which request gets which scripted reply
+    # depends on arrival order; that the *first* candidate is returned is tested on
+    # fake models in test_consensus.py (no_answer="first").
+    replies = ["CRDTs merge concurrent edits.", "They converge."]
+    hosted.script(*(Fault.ok(r) for r in replies))
     result = moa("Explain CRDTs in one sentence")
     assert result.exit_code == 0, result.output
     assert len(hosted.chat_requests) == 2
-    assert result.stdout.strip() == "CRDTs merge concurrent edits."
+    assert result.stdout.strip() in replies
 
 
 def test_explicit_presets(hosted: FaultServer):

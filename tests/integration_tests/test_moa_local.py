@@ -68,11 +68,10 @@ def test_stream_yields_aggregator_chunks_that_add_up_to_the_answer(agents_on_ser
     history = MoAHistoryHandler()
     chunks = list(moa().stream(QUESTION, config={"callbacks": [history]}))
     assert all(isinstance(c, AIMessageChunk) for c in chunks)
-    # token by token, not one block: one content chunk per token the aggregator wrote
-    # (the answer may be a single token, e.g. "Red"), then one closing chunk
-    aggregator_tokens = history.calls[-1].output_tokens
-    assert len([c for c in chunks if c.text]) >= min(aggregator_tokens, 2)
     text = "".join(c.text for c in chunks)
+    # token by token, not one block: an answer of several words comes in several
+    # content chunks (the answer may be one token, e.g. "Red"), then one closing chunk
+    assert len([c for c in chunks if c.text]) >= min(len(text.split()), 2)
     total = chunks[0]
     for chunk in chunks[1:]:
         total = total + chunk

@@ -28,25 +28,18 @@ import argparse
 import importlib.util
 import json
 import os
-import re
 import sys
 import time
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
+
+from langchain_moa import NumberAnswer
 
 PROMPT = (
     "{question}\n\n"
     "Solve the problem step by step, concisely. Then write the final answer as a plain number "
     "(no units) on the last line, in the form:\nAnswer: <number>"
 )
-
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-_ANSWER = re.compile(
-    r"answer(?:\s+is)?\s*[:=]?\s*(?:\*\*)?\s*\\?\(?\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)", re.I
-)
-_BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
-_FRAC = re.compile(r"^\s*(-?)\\d?frac\{\s*(\d+)\s*\}\{\s*(\d+)\s*\}\s*$")
 
 
 def gsm8k_path() -> Path:
@@ -77,65 +70,13 @@ def load_questions(n: int) -> list[dict[str, Any]]:
     return items
 
 
-def _to_decimal(text: str) -> Decimal | None:
-    text = text.replace(",", "").strip().rstrip(".")
-    try:
-        return Decimal(text)
-    except InvalidOperation:
-        return None
-
-
-def extract_number(reply: str | None) -> str | None:
-    """The model's final number, normalised (``"1,234.50"`` -> ``"1234.5"``).
-
-    Rule: the *last explicit answer marker* wins — ``Answer: <n>`` (the form the
-    prompt asks for; also ``answer is <n>``) or ``\\boxed{...}`` (the LaTeX form the
-    Qwen models often use instead; its last number, or ``a/b`` for a plain
-    ``\\frac{a}{b}``); with no marker, the last number anywhere in the reply.
-    Thousands separators are removed; ``18.00`` and ``18`` compare equal. ``None``
-    when the reply holds no number.
-    """
-    if not reply:
-        return None
-    markers: list[tuple[int, Decimal]] = []
-    for m in _ANSWER.finditer(reply):
-        value = _to_decimal(m.group(1))
-        if value is not None:
-            markers.append((m.start(), value))
-    for m in _BOXED.finditer(reply):
-        content = m.group(1)
-        frac = _FRAC.match(content)
-        if frac:
-            sign, num, den = frac.groups()
-            if int(den) != 0:
-                markers.append((m.start(), Decimal(sign + num) / Decimal(den)))
-            continue
-        numbers = _NUMBER.findall(content.replace("{,}", ","))
-        value = _to_decimal(numbers[-1]) if numbers else None
-        if value is not None:
-            markers.append((m.start(), value))
-    if markers:
-        return _normalise(max(markers, key=lambda mv: mv[0])[1])
-    for raw in reversed(_NUMBER.findall(reply)):
-        value = _to_decimal(raw)
-        if value is not None:
-            return _normalise(value)
-    return None
-
-
-def _normalise(value: Decimal) -> str:
-    value = value.normalize()
-    text = format(value, "f")
-    return "0" if text in ("-0", "") else text
+# the package's own extractor: last Answer:/####/\\boxed marker, else the last number
+extract_number = NumberAnswer()
 
 
 def is_correct(predicted: str | None, gold: str) -> bool:
     """Exact numeric match of the extracted number with the ``####`` answer."""
-    if predicted is None:
-        return False
-    gold_value = _to_decimal(gold)
-    pred_value = _to_decimal(predicted)
-    return gold_value is not None and pred_value is not None and gold_value == pred_value
+    return predicted is not None and predicted == extract_number(gold)
 
 
 def _done(log: Path) -> dict[tuple[str, int], dict[str, Any]]:

@@ -3,8 +3,8 @@
 :class:`Request` is what the planner, the admission gate and the attempts share
 while one request is routed (per pass: what was blocked and until when; per
 request: errors, attempts, skip counts). :class:`Failover` is the internal signal
-"this attempt gave no answer, try the next"; :class:`Waker` wakes requests queued
-for a concurrency slot; :func:`run_with_timeout` bounds a blocking call.
+"this attempt gave no answer, try the next"; :func:`run_with_timeout` bounds a
+blocking call.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ __all__ = [
     "STOP_SIGNALS",
     "Failover",
     "Request",
-    "Waker",
     "attempt_timeout",
     "context_skip",
     "estimate_tokens",
@@ -83,7 +82,6 @@ class Request:
     last_kind: dict[str, str] = field(default_factory=dict)
     pending: str | None = None
     slot_blocked: set[str] = field(default_factory=set)
-    wait_for_slot: bool = False
     skipped_once: set[str] = field(default_factory=set)
     skip_counts: dict[str, int] = field(default_factory=dict)
     exhausted: set[str] = field(default_factory=set)
@@ -99,7 +97,6 @@ class Request:
         self.queue_blocked.clear()
         self.pass_failed.clear()
         self.slot_blocked.clear()
-        self.wait_for_slot = False
 
 
 def estimate_tokens(
@@ -162,39 +159,3 @@ def run_with_timeout(fn: Callable[[], Any], timeout: float | None) -> Any:
     if "error" in box:
         raise box["error"]
     return box["result"]
-
-
-class Waker:
-    """Wakes requests waiting for a concurrency slot when one is given back in this
-    process (threads and asyncio tasks alike). Slots freed by other processes (a
-    shared store) are noticed by polling every ``SLOT_POLL_S`` seconds."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._lock = threading.Lock()
-        self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-
-    def notify(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
-        with self._lock:
-            futures, self._futures = self._futures, []
-        for loop, fut in futures:
-            try:
-                loop.call_soon_threadsafe(lambda f=fut: f.done() or f.set_result(None))
-            except RuntimeError:  # loop closed
-                pass
-
-    def wait(self, timeout: float) -> None:
-        with self._cond:
-            self._cond.wait(timeout)
-
-    async def await_(self, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        with self._lock:
-            self._futures.append((loop, fut))
-        try:
-            await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            pass

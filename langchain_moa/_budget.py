@@ -18,9 +18,12 @@ reached finish and are counted.
 
 To get the best answer so far instead of the error, wrap the pipeline:
 ``with_budget(moa, budget, on_exceed="best")`` returns the most recent successful reply
-of the deepest layer reached, as an ``AIMessage`` marked
+of the deepest layer that invocation reached, as an ``AIMessage`` marked
 ``response_metadata["moa"]["budget_exhausted"] = True`` (and still raises when no call
-had succeeded).
+of it had succeeded). Each invocation keeps its own calls, so a budget shared by many
+runs never answers one question with another's reply. A budget put straight into the
+config has no invocation to keep apart: its error's ``best`` comes from every call made
+on that budget.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ BUDGET_CONFIG_KEY = "moa_budget"
 """``config["configurable"]`` key that carries the run's :class:`Budget`."""
 BUDGET_EVENT = "moa_budget"
 """Custom event :func:`with_budget` dispatches when it answers with the best so far."""
+_RUN_CONFIG_KEY = "moa_budget_run"
 CHARS_PER_TOKEN = 4
 """Prompt-size estimate used for the reservation (the real count settles it)."""
 
@@ -89,9 +93,55 @@ class BudgetExceededError(MoAError):
         )
 
 
+class _Run:
+    """The calls of one run under a budget, for its best answer so far. Every
+    :func:`with_budget` invocation has its own, so a budget shared by several runs
+    never answers one question with another's reply."""
+
+    def __init__(self) -> None:
+        self.best: CallRecord | None = None
+        self.records: list[CallRecord] = []
+
+    def add(self, record: CallRecord) -> None:
+        self.records.append(record)
+        if record.ok and (self.best is None or record.layer >= self.best.layer):
+            self.best = record
+
+    def best_message(self) -> AIMessage | None:
+        """The most recent successful reply of the deepest layer, with the usage of
+        every call of the run."""
+        best = self.best
+        if best is None:
+            return None
+        records = list(self.records)
+        costs = [r.cost_usd for r in records if r.cost_usd is not None]
+        inp = sum(r.input_tokens for r in records)
+        out = sum(r.output_tokens for r in records)
+        return AIMessage(
+            content=best.output or "",
+            usage_metadata={"input_tokens": inp, "output_tokens": out, "total_tokens": inp + out},
+            response_metadata={
+                "model_name": best.response_model or best.model,
+                "moa": {
+                    "layers": best.layer,
+                    "calls": len(records),
+                    "failed_calls": sum(1 for r in records if not r.ok),
+                    "cost_usd": sum(costs) if costs else None,
+                    "budget_exhausted": True,
+                    "best_from": {
+                        "step": best.step,
+                        "layer": best.layer,
+                        "agent_index": best.agent_index,
+                    },
+                },
+            },
+        )
+
+
 @dataclass
 class _Reservation:
     budget: Budget
+    run: _Run
     calls: int
     tokens: int
     cost_usd: float
@@ -153,8 +203,7 @@ class Budget:
         self._calls = 0
         self._tokens = 0
         self._cost = 0.0
-        self._best: CallRecord | None = None
-        self._records: list[CallRecord] = []
+        self._run = _Run()  # every call on this budget: the run when none is given
 
     def __repr__(self) -> str:
         return (
@@ -184,8 +233,11 @@ class Budget:
         messages: list[BaseMessage],
         max_tokens: int | None,
         prices: dict[str, tuple[float, float]] | None = None,
+        run: _Run | None = None,
     ) -> _Reservation:
-        """Reserve one call of ``model`` on ``messages`` answering up to ``max_tokens``.
+        """Reserve one call of ``model`` on ``messages`` answering up to ``max_tokens``;
+        ``run`` collects the calls the error's best answer comes from (default: every
+        call on this budget).
 
         Raises:
             BudgetExceededError: the reservation would pass a cap; nothing is reserved.
@@ -202,49 +254,20 @@ class Budget:
                 ("cost_usd", self.max_cost_usd),
             ):
                 if cap is not None and spent[limit] + request[limit] > cap:
-                    raise BudgetExceededError(limit, cap, spent, request, self._best_message())  # type: ignore[arg-type]
+                    best = (run or self._run).best_message()
+                    raise BudgetExceededError(limit, cap, spent, request, best)  # type: ignore[arg-type]
             self._calls += 1
             self._tokens += prompt + out
             self._cost += cost
-        return _Reservation(self, 1, prompt + out, cost)
+        return _Reservation(self, run or self._run, 1, prompt + out, cost)
 
     def _settle(self, reservation: _Reservation, record: CallRecord) -> None:
         with self._lock:
             self._tokens += record.input_tokens + record.output_tokens - reservation.tokens
             self._cost += (record.cost_usd or 0.0) - reservation.cost_usd
-            self._records.append(record)
-            if record.ok and (self._best is None or record.layer >= self._best.layer):
-                self._best = record
-
-    def _best_message(self) -> AIMessage | None:
-        """The most recent successful reply of the deepest layer, with the usage of
-        every settled call (call under the lock)."""
-        best = self._best
-        if best is None:
-            return None
-        records = list(self._records)
-        costs = [r.cost_usd for r in records if r.cost_usd is not None]
-        inp = sum(r.input_tokens for r in records)
-        out = sum(r.output_tokens for r in records)
-        return AIMessage(
-            content=best.output or "",
-            usage_metadata={"input_tokens": inp, "output_tokens": out, "total_tokens": inp + out},
-            response_metadata={
-                "model_name": best.response_model or best.model,
-                "moa": {
-                    "layers": best.layer,
-                    "calls": len(records),
-                    "failed_calls": sum(1 for r in records if not r.ok),
-                    "cost_usd": sum(costs) if costs else None,
-                    "budget_exhausted": True,
-                    "best_from": {
-                        "step": best.step,
-                        "layer": best.layer,
-                        "agent_index": best.agent_index,
-                    },
-                },
-            },
-        )
+            if reservation.run is not self._run:
+                self._run.add(record)
+            reservation.run.add(record)
 
 
 def _text(message: BaseMessage) -> str:
@@ -280,7 +303,10 @@ def reserve(config: RunnableConfig | None, step: Any, job: Any) -> _Reservation 
         return NO_BUDGET
     settings = {**getattr(step, "_fallback", {}), **getattr(step, "_forced", {})}
     max_tokens = settings.get("max_tokens")
-    return budget.reserve(job.agent.name, job.messages, max_tokens, getattr(step, "prices", None))
+    run = (config or {}).get("configurable", {}).get(_RUN_CONFIG_KEY)
+    return budget.reserve(
+        job.agent.name, job.messages, max_tokens, getattr(step, "prices", None), run
+    )
 
 
 class _Budgeted(Runnable[Any, Any]):
@@ -303,7 +329,11 @@ class _Budgeted(Runnable[Any, Any]):
 
     def _config(self, config: RunnableConfig | None) -> RunnableConfig:
         cfg = ensure_config(config)
-        cfg["configurable"] = {**cfg.get("configurable", {}), BUDGET_CONFIG_KEY: self.budget}
+        cfg["configurable"] = {
+            **cfg.get("configurable", {}),
+            BUDGET_CONFIG_KEY: self.budget,
+            _RUN_CONFIG_KEY: _Run(),  # this invocation's calls, for its best answer
+        }
         return cfg
 
     def _fallback(self, exc: BudgetExceededError) -> AIMessage:
@@ -335,15 +365,58 @@ class _Budgeted(Runnable[Any, Any]):
             await adispatch_custom_event(BUDGET_EVENT, _event(exc), config=child)
             return best
 
+    # -- streaming: the pipeline's chunks as they come (the aggregator's tokens) ----
+
     def stream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[Any]:
-        yield self.invoke(input, config, **kwargs)
+        yield from self.transform(iter([input]), config, **kwargs)
 
     async def astream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        yield await self.ainvoke(input, config, **kwargs)
+        async def one() -> AsyncIterator[Any]:
+            yield input
+
+        async for chunk in self.atransform(one(), config, **kwargs):
+            yield chunk
+
+    def transform(
+        self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[Any]:
+        yield from self._transform_stream_with_config(input, self._stream, self._config(config))
+
+    async def atransform(
+        self, input: AsyncIterator[Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        async for chunk in self._atransform_stream_with_config(
+            input, self._astream, self._config(config)
+        ):
+            yield chunk
+
+    def _stream(self, inputs: Iterator[Any], run_manager: Any, config: RunnableConfig) -> Any:
+        """The budget is reserved before each call, so it can only run out before the
+        aggregator's first token: then nothing has been yielded and ``"best"`` yields
+        the best answer so far as the one item of the stream."""
+        child = patch_config(config, callbacks=run_manager.get_child())
+        try:
+            yield from self.runnable.transform(inputs, child)
+        except BudgetExceededError as exc:
+            best = self._fallback(exc)
+            dispatch_custom_event(BUDGET_EVENT, _event(exc), config=child)
+            yield best
+
+    async def _astream(
+        self, inputs: AsyncIterator[Any], run_manager: Any, config: RunnableConfig
+    ) -> Any:
+        child = patch_config(config, callbacks=run_manager.get_child())
+        try:
+            async for chunk in self.runnable.atransform(inputs, child):
+                yield chunk
+        except BudgetExceededError as exc:
+            best = self._fallback(exc)
+            await adispatch_custom_event(BUDGET_EVENT, _event(exc), config=child)
+            yield best
 
 
 def _event(exc: BudgetExceededError) -> dict[str, Any]:

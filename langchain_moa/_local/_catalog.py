@@ -70,7 +70,7 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
             # Measured on 2026-11-21 by concatenating the 22 installed chunks.
             size=1_117_320_768,
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-            extra="local-1.5b",
+            extra="local-1-5b",
         ),
     ]
 }

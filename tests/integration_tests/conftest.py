@@ -11,6 +11,8 @@
 * ``local_chat_model``: a fresh ``ChatOpenAI`` on ``local_server`` per test,
   ``temperature=0``, ``max_tokens=32``, ``timeout=120`` s.
 * ``local_model_name``: the model id the servers report (``"qwen2.5-coder-0.5b"``).
+* ``local_1_5b_model_path`` (session): the bundled Qwen2.5-Coder-1.5B-Instruct GGUF of
+  the ``local-1-5b`` extra (CI installs it; skipped or failed like the others).
 
 Servers are llama.cpp's ``llama-server`` (:class:`LocalServer`), built once from the
 ``local`` extra's llama.cpp sources into the user cache by ``local_model_path`` if no
@@ -47,6 +49,7 @@ LOCAL_FIXTURES = {
     "local_server_factory",
     "local_chat_model",
     "local_model_name",
+    "local_1_5b_model_path",
 }
 
 
@@ -78,6 +81,18 @@ def local_model_path(local_model_name: str) -> Path:
             _unavailable(str(exc))
         raise
     return path
+
+
+@pytest.fixture(scope="session")
+def local_1_5b_model_path(local_model_path: Path) -> Path:
+    """The bundled 1.5B GGUF (the ``local-1-5b`` extra); skipped without it, a failure
+    under ``LANGCHAIN_MOA_REQUIRE_LOCAL_MODEL=1`` (CI installs the extra)."""
+    try:
+        return ensure_model("qwen2.5-coder-1.5b", progress=False)
+    except LocalModelError as exc:
+        if "not installed" in str(exc):
+            _unavailable(str(exc))
+        raise
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from langchain_moa import (
     SequentialAggregate,
     with_budget,
 )
-from langchain_moa.local import LOCAL_BASE_URL_ENV, LocalServer
+from langchain_moa.local import LOCAL_BASE_URL_ENV, LocalServer, chat_model_for_base_url
 
 pytestmark = pytest.mark.local_model
 
@@ -122,3 +122,23 @@ def test_budget_best_answer_so_far(agents_on_server):
     assert history.steps[-1].step == "Aggregate" and history.steps[-1].calls == []
     assert history.steps[-1].error.startswith("BudgetExceededError")
     assert budget.spent()["calls"] == 2
+
+
+def test_small_proposers_and_the_1_5b_aggregator(
+    local_chat_model, local_server_factory, local_1_5b_model_path
+):
+    """The mixture of the quality benchmark: 0.5B proposers, the bundled 1.5B writes."""
+    big = local_server_factory(
+        model_path=local_1_5b_model_path, model_alias="qwen2.5-coder-1.5b", slots=1
+    )
+    aggregator = chat_model_for_base_url(big.base_url, big.model_alias, timeout=300.0)
+    moa = Propose([local_chat_model] * 2, max_tokens=SHORT) | Aggregate(
+        aggregator, temperature=0, max_tokens=SHORT
+    )
+    out, history = run(moa)
+    proposals, final = history.steps
+    assert [c.response_model for c in proposals.calls] == ["qwen2.5-coder-0.5b"] * 2
+    [call] = final.calls
+    assert call.ok and call.response_model == "qwen2.5-coder-1.5b"
+    assert out.content == call.output and out.content.strip()
+    usage_matches(out, history)

@@ -439,3 +439,20 @@ def test_server_command_has_slots_per_slot_context_and_loopback(tmp_path: Path) 
     assert (value("--host"), value("--port")) == ("127.0.0.1", "0")
     assert (value("--parallel"), value("--ctx-size")) == ("3", "3072")
     assert "--no-kv-unified" in cmd and "--jinja" in cmd and "--cont-batching" in cmd
+
+
+def test_every_bundled_models_extra_exists_and_needs_no_normalisation():
+    """The install hint names an extra pyproject.toml declares, spelled as PEP 685
+    normalises it (pip 23.2 drops a "local-1.5b" extra: the wheel says "local-1-5b")."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from langchain_moa._local._catalog import BUNDLED_MODELS
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+    for model in BUNDLED_MODELS.values():
+        assert model.extra in extras, model.name
+        assert model.extra == re.sub(r"[-_.]+", "-", model.extra).lower()
+        assert set(model.packages) <= {re.split(r"[=<>]", r)[0] for r in extras[model.extra]}

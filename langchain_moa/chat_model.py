@@ -125,6 +125,16 @@ class MoAChatModel(BaseChatModel):
             )
         return value
 
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        """``dumpd`` / ``loads`` round-trip it when its pipeline's steps and agents are
+        serialisable (model strings, serialisable chat models, a ``ProviderRouter``)."""
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        return ["langchain_moa"]
+
     def __init__(self, pipeline: Any = None, **kwargs: Any) -> None:
         """``MoAChatModel(pipeline)`` or ``MoAChatModel(pipeline=...)``; a list of steps
         is joined with ``|``. Raises :class:`ConfigurationError` (never pydantic's

@@ -7,8 +7,8 @@ import threading
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
+from langchain_core.load.serializable import Serializable
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -33,7 +33,7 @@ __all__ = ["Deployment"]
 LOCAL_BASE_URL_ENV = "LANGCHAIN_MOA_LOCAL_BASE_URL"
 
 
-class Deployment(BaseModel):
+class Deployment(Serializable):
     """One place a request can go.
 
     Give either ``model`` (``"provider/model"`` or ``"provider:model"``; a
@@ -57,6 +57,10 @@ class Deployment(BaseModel):
             deployments that are too small and to fall over on context-length errors.
         timeout: seconds per attempt (overrides the router's ``timeout``).
         model_kwargs: extra keyword arguments for the built client (e.g. ``temperature``).
+
+    Serialisable with LangChain's ``dumpd`` / ``loads`` (namespace ``langchain_moa``):
+    ``api_key`` is written as a secret reference to the provider's key variable
+    (:attr:`lc_secrets`, e.g. ``OPENAI_API_KEY``), never as its value.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
@@ -105,6 +109,25 @@ class Deployment(BaseModel):
                 mid = getattr(self.llm, "model_name", None) or getattr(self.llm, "model", None)
                 self.name = mid if isinstance(mid, str) and mid else type(self.llm).__name__
         return self
+
+    # ------------------------------------------------------------------ serialisation
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        return ["langchain_moa", "router"]
+
+    @property
+    def lc_secrets(self) -> dict[str, str]:
+        """``api_key`` is serialised as a reference to this environment variable: the
+        provider's key variable (``OPENAI_API_KEY``), else ``<PROVIDER>_API_KEY`` for a
+        keyless provider given a key (``LLAMACPP_API_KEY``)."""
+        provider = self.provider or "langchain_moa"
+        spec = PROVIDERS.get(provider)
+        env = spec.api_key_env if spec and spec.api_key_env else None
+        return {"api_key": env or f"{provider.upper().replace('-', '_')}_API_KEY"}
 
     # ------------------------------------------------------------------ properties
     @property

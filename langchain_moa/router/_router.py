@@ -27,6 +27,8 @@ The per-request state shared by these steps is :class:`._request.Request`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import contextvars
 import difflib
 import time
@@ -286,6 +288,28 @@ class ProviderRouter(BaseChatModel):
                 out.append(Deployment(llm=d))
             else:
                 out.append(d)
+        return out
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        return ["langchain_moa", "router"]
+
+    def to_json(self) -> Any:
+        """LangChain serialisation: deployments with their keys as secret references
+        (:attr:`Deployment.lc_secrets`), retry policies as plain values. A custom
+        ``store`` or ``token_counter`` is written as ``not_implemented``, so ``loads``
+        refuses it; limiter and health state are never serialised."""
+        out = super().to_json()
+        kwargs = out.get("kwargs")
+        if isinstance(kwargs, dict) and isinstance(kwargs.get("retry_policy"), dict):
+            kwargs["retry_policy"] = {
+                kind: dataclasses.asdict(policy) if dataclasses.is_dataclass(policy) else policy
+                for kind, policy in kwargs["retry_policy"].items()
+            }
         return out
 
     def __init__(self, **data: Any) -> None:

@@ -289,6 +289,37 @@ class TestMoAChatModelStandard(ChatModelUnitTests):
         # timeout and max_retries belong to each agent's client, not to the mixture
         return {"temperature": 0, "max_tokens": 100, "stop": []}
 
+    @pytest.mark.xfail(
+        reason="langchain-core's load(allowed_objects='all') admits only core and partner "
+        "classes, never langchain_moa's, and the fake agents do not serialise; the round "
+        "trip is tested by test_moa_chat_model_serdes below",
+        strict=True,
+    )
+    def test_serdes(self, model: BaseChatModel, snapshot: Any) -> None:
+        super().test_serdes(model, snapshot)
+
+
+def test_moa_chat_model_serdes():
+    """The standard test's round trip on agents that serialise (model strings), loaded
+    with ``allowed_objects`` naming our classes."""
+    from langchain_core.load import dumpd, load
+    from langchain_core.runnables import RunnableSequence
+
+    moa = MoAChatModel(
+        Propose(["llamacpp/a", "llamacpp/b"], temperature=0.2) | Aggregate("llamacpp/c"),
+        temperature=0,
+        max_tokens=100,
+        stop=[],
+    )
+    loaded = load(
+        dumpd(moa),
+        valid_namespaces=moa.get_lc_namespace()[:1],
+        allowed_objects=[MoAChatModel, Propose, Aggregate, RunnableSequence],
+        secrets_from_env=True,
+    )
+    assert loaded.dict() == moa.dict()
+    assert dumpd(loaded) == dumpd(moa)
+
 
 # ---------------------------------------------------------------- item 6: pipelines in LangChain
 

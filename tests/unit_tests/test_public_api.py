@@ -92,6 +92,15 @@ class TestProviderRouterOfflineStandard(ChatModelUnitTests):
         params.pop("api_key", None)
         return params
 
+    @pytest.mark.xfail(
+        reason="langchain-core's load(allowed_objects='all') admits only core and partner "
+        "classes, never langchain_moa's, and the fake deployments do not serialise; the "
+        "router's round trip is tested in tests/unit_tests/test_serialisation.py",
+        strict=True,
+    )
+    def test_serdes(self, model: Any, snapshot: Any) -> None:
+        super().test_serdes(model, snapshot)
+
     @property
     def has_tool_calling(self) -> bool:
         return True

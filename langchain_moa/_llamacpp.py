@@ -24,8 +24,10 @@ builds):
   (``{"name": <a bound tool>, "arguments": {...}}``, or a list of them, optionally
   fenced or in ``<tool_call>`` tags), it becomes ``tool_calls`` with
   ``finish_reason="tool_calls"``, as the server would have returned it. Anything else
-  is left as it was. Applies to ``invoke``/``ainvoke``/``batch``; a streamed reply
-  keeps the raw text.
+  is left as it was. A stream with tools bound holds back a reply that opens like a
+  call (``{``, ``[``, a fence, a tag) until it ends, then yields the call as one chunk
+  with ``tool_call_chunks``; a prose reply streams token by token as before
+  (callbacks' ``on_llm_new_token`` always see the raw tokens).
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ import re
 import uuid
 from typing import Any
 
-from langchain_core.messages import AIMessage
-from langchain_core.messages.tool import tool_call
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import AIMessage, AIMessageChunk
+from langchain_core.messages.tool import tool_call, tool_call_chunk
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_openai.chat_models.base import BaseChatOpenAI
 
@@ -82,6 +84,74 @@ class LlamaServerChatModel(BaseChatOpenAI):
         result = await super()._agenerate(messages, stop=stop, run_manager=run_manager, **kwargs)
         return recover_tool_calls(result, kwargs.get("tools"))
 
+    def _stream(self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any):  # type: ignore[no-untyped-def]
+        held = _HeldStream(_tool_names(kwargs.get("tools")))
+        for chunk in super()._stream(messages, stop=stop, run_manager=run_manager, **kwargs):
+            yield from held.add(chunk)
+        yield from held.finish()
+
+    async def _astream(  # type: ignore[no-untyped-def]
+        self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ):
+        held = _HeldStream(_tool_names(kwargs.get("tools")))
+        async for chunk in super()._astream(
+            messages, stop=stop, run_manager=run_manager, **kwargs
+        ):
+            for out in held.add(chunk):
+                yield out
+        for out in held.finish():
+            yield out
+
+
+class _HeldStream:
+    """Holds back a streamed reply that opens like a tool call written as text, to
+    yield it as a call when it ends; passes anything else straight through."""
+
+    def __init__(self, names: set[str]) -> None:
+        self.names = names
+        self.held: list[ChatGenerationChunk] = []
+        self.passing = not names
+
+    def add(self, chunk: ChatGenerationChunk) -> list[ChatGenerationChunk]:
+        if self.passing:
+            return [chunk]
+        self.held.append(chunk)
+        text = "".join(c.text for c in self.held).lstrip()
+        if (text and not text.startswith(_CALL_OPENINGS)) or chunk.message.tool_call_chunks:
+            self.passing = True  # prose, or the server parsed a call itself
+            out, self.held = self.held, []
+            return out
+        return []
+
+    def finish(self) -> list[ChatGenerationChunk]:
+        if not self.held:
+            return []
+        total = self.held[0]
+        for chunk in self.held[1:]:
+            total = total + chunk
+        calls = _calls_in(total.text, self.names)
+        if not calls:
+            return self.held
+        message = total.message
+        call_chunks = [
+            tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
+            for i, c in enumerate(calls)
+        ]
+        info = {**(total.generation_info or {}), "finish_reason": "tool_calls"}
+        return [
+            ChatGenerationChunk(
+                message=AIMessageChunk(
+                    content="",
+                    id=message.id,
+                    tool_call_chunks=call_chunks,
+                    usage_metadata=message.usage_metadata,
+                    response_metadata={**message.response_metadata, "finish_reason": "tool_calls"},
+                    chunk_position="last",
+                ),
+                generation_info=info,
+            )
+        ]
+
 
 def _named_choice(tool_choice: Any) -> str | None:
     if isinstance(tool_choice, dict):
@@ -116,14 +186,22 @@ def _one_call_format(tools: Any) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": "tool_call", "schema": schema}}
 
 
-def recover_tool_calls(result: ChatResult, tools: list[dict[str, Any]] | None) -> ChatResult:
-    """``result`` with each reply that is only a tool call written as text (see the
-    module docstring) turned into ``tool_calls``; unchanged without ``tools``."""
-    names = {
+_CALL_OPENINGS = ("{", "[", "`", "<")
+
+
+def _tool_names(tools: list[dict[str, Any]] | None) -> set[str]:
+    """The function names of the tools in a request (``kwargs["tools"]``)."""
+    return {
         t["function"]["name"]
         for t in tools or []
         if isinstance(t, dict) and isinstance(t.get("function"), dict)
     }
+
+
+def recover_tool_calls(result: ChatResult, tools: list[dict[str, Any]] | None) -> ChatResult:
+    """``result`` with each reply that is only a tool call written as text (see the
+    module docstring) turned into ``tool_calls``; unchanged without ``tools``."""
+    names = _tool_names(tools)
     if not names:
         return result
     generations = []

@@ -491,7 +491,15 @@ class ProviderRouter(BaseChatModel):
             if strict is not None:
                 body["strict"] = strict
             fmt = {"type": "json_schema", "json_schema": body}
-        llm = self.bind(response_format=fmt, **kwargs)
+        llm = self.bind(
+            response_format=fmt,
+            # what LangChain reports to callbacks (LangSmith) as the run's output format
+            ls_structured_output_format={
+                "kwargs": {"method": method, "strict": strict},
+                "schema": schema,
+            },
+            **kwargs,
+        )
         parser = PydanticOutputParser(pydantic_object=schema) if is_model else JsonOutputParser()
         return _with_parser(llm, parser, include_raw)
 

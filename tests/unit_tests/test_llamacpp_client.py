@@ -117,3 +117,32 @@ def test_a_required_call_is_sent_with_a_json_schema_of_one_call(fault_server: Fa
     ]
     assert schema["anyOf"][0]["properties"]["arguments"]["required"] == ["city"]
     assert "response_format" not in auto.body  # "auto" may answer in prose
+
+
+def test_a_streamed_call_written_as_text_comes_as_one_tool_call_chunk(
+    fault_server: FaultServer,
+):
+    fault_server.set_default(Fault.ok("```json\n" + json.dumps(CALL) + "\n```"))
+    llm = chat_model_for_base_url(fault_server.base_url, "m").bind_tools([get_weather])
+    chunks = list(llm.stream("weather in Paris?"))
+    total = chunks[0]
+    for chunk in chunks[1:]:
+        total = total + chunk
+    assert [(c["name"], c["args"]) for c in total.tool_calls] == [
+        ("get_weather", {"city": "Paris"})
+    ]
+    assert total.content == "" and total.usage_metadata["output_tokens"] > 0
+    async_chunks = asyncio.run(_collect(llm.astream("weather in Paris?")))
+    assert sum(async_chunks[1:], async_chunks[0]).tool_calls[0]["args"] == {"city": "Paris"}
+
+
+def test_a_streamed_prose_reply_still_streams_token_by_token(fault_server: FaultServer):
+    fault_server.set_default(Fault.ok("It is sunny in Paris today."))
+    llm = chat_model_for_base_url(fault_server.base_url, "m").bind_tools([get_weather])
+    chunks = list(llm.stream("q"))
+    assert len([c for c in chunks if c.content]) > 3
+    assert "".join(c.content for c in chunks) == "It is sunny in Paris today."
+
+
+async def _collect(stream):
+    return [chunk async for chunk in stream]

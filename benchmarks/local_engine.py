@@ -21,7 +21,9 @@ shared machine), interleaved over ``--rounds`` rounds.
 
 ``--baseline-url URL`` adds the same one-stream and layer cases against another
 OpenAI-compatible server already running at URL (e.g. llama-cpp-python's
-``python -m llama_cpp.server`` on the same GGUF), side by side.
+``python -m llama_cpp.server`` on the same GGUF), side by side. ``--threads N`` runs
+llama-server with N threads (the baseline's ``n_threads=2`` for a like-for-like
+comparison on 2 cores; the default is the package's shared-cores default).
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ def run_main(args: argparse.Namespace) -> None:
         shown = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in data.items()}
         print(f"  {case:28s} {shown} server cpu {cpu:.1f} s", flush=True)
 
-    with LocalServer(model_path, model_alias=DEFAULT_LOCAL_MODEL) as server:
+    with LocalServer(model_path, model_alias=DEFAULT_LOCAL_MODEL, n_threads=args.threads) as server:
         print(f"llama-server started in {server.startup_seconds:.1f} s: {server.command(binary)}")
         urls = {"llama-server": server.base_url}
         if args.baseline_url:
@@ -238,6 +240,12 @@ def main() -> None:
     parser.add_argument("--hogs", type=int, default=2)
     parser.add_argument("--no-e2e", action="store_true", help="skip the moa end-to-end case")
     parser.add_argument("--baseline-url", default=None)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="llama-server threads (default: the package's default, usable CPUs - 1)",
+    )
     args = parser.parse_args()
     if args.contention:
         run_contention(args)

@@ -94,9 +94,7 @@ class LlamaServerChatModel(BaseChatOpenAI):
         self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
     ):
         held = _HeldStream(_tool_names(kwargs.get("tools")))
-        async for chunk in super()._astream(
-            messages, stop=stop, run_manager=run_manager, **kwargs
-        ):
+        async for chunk in super()._astream(messages, stop=stop, run_manager=run_manager, **kwargs):
             for out in held.add(chunk):
                 yield out
         for out in held.finish():

@@ -315,9 +315,7 @@ class MoAChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         if self.streaming:
-            return await agenerate_from_stream(
-                self._astream(messages, stop, run_manager, **kwargs)
-            )
+            return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
         reply = await self.pipeline.ainvoke(messages, self._config(run_manager, stop, kwargs))
         return ChatResult(generations=[ChatGeneration(message=_outer_message(reply))])
 

@@ -27,9 +27,8 @@ The per-request state shared by these steps is :class:`._request.Request`.
 
 from __future__ import annotations
 
-import dataclasses
-
 import contextvars
+import dataclasses
 import difflib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence

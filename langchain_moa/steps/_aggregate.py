@@ -22,8 +22,8 @@ from langchain_moa.steps._base import (
     DEFAULT,
     STEP_EVENT,
     Job,
-    LLMStep,
     Result,
+    SingleAgentStep,
     StepReport,
     _Default,
     to_state,
@@ -92,7 +92,7 @@ def final_message(
     )
 
 
-class Aggregate(LLMStep):
+class Aggregate(SingleAgentStep):
     """One agent merges all current candidates into the final answer.
 
     The agent sees the conversation with the aggregate-and-synthesize prompt
@@ -121,7 +121,6 @@ class Aggregate(LLMStep):
     """
 
     defaults: ClassVar[tuple[float, int]] = (DEFAULT_TEMPERATURE, DEFAULT_MAX_TOKENS)
-    agent: Agent
 
     def __init__(
         self,
@@ -143,13 +142,6 @@ class Aggregate(LLMStep):
             prompt=prompt,
         )
         super().__init__(agent=single_agent(agent, client), prices=prices, **settings)
-
-    def step_agents(self) -> list[Agent]:
-        return [self.agent]
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return {"agent": self.agent.name, **super().params}
 
     @property
     def OutputType(self) -> Any:  # noqa: N802

@@ -667,6 +667,19 @@ class LLMStep(Step):
         return results
 
 
+class SingleAgentStep(LLMStep):
+    """An :class:`LLMStep` with one agent, ``agent`` (recorded first in ``params``)."""
+
+    agent: Agent
+
+    def step_agents(self) -> list[Agent]:
+        return [self.agent]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"agent": self.agent.name, **super().params}
+
+
 try:  # BaseChatModel.bind returns this RunnableBinding subclass (langchain-core >= 1.8)
     from langchain_core.language_models.chat_models import _ChatModelBinding
 

@@ -35,6 +35,7 @@ from langchain_moa.steps._base import (
     Job,
     LLMStep,
     Result,
+    SingleAgentStep,
     StepReport,
     _Default,
     validate_positive_int,
@@ -444,7 +445,7 @@ def beta_confidence(leader: int, runner_up: int) -> float:
     return 1.0 - below
 
 
-class AdaptiveMajorityVote(LLMStep):
+class AdaptiveMajorityVote(SingleAgentStep):
     """Sample one agent in rounds and stop once the majority answer is settled
     (Adaptive-Consistency, Aggarwal et al. 2023, arXiv 2305.11860).
 
@@ -491,7 +492,6 @@ class AdaptiveMajorityVote(LLMStep):
     """
 
     defaults: ClassVar[tuple[float, int]] = (DEFAULT_TEMPERATURE, DEFAULT_MAX_TOKENS)
-    agent: Agent
     extract: Any
     max_samples: int = 5
     min_samples: int = 2
@@ -557,13 +557,9 @@ class AdaptiveMajorityVote(LLMStep):
             **settings,
         )
 
-    def step_agents(self) -> list[Agent]:
-        return [self.agent]
-
     @property
     def params(self) -> dict[str, Any]:
         return {
-            "agent": self.agent.name,
             **super().params,
             "max_samples": self.max_samples,
             "min_samples": self.min_samples,

@@ -22,7 +22,6 @@ from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 from pydantic import BaseModel, Field, ValidationError
 
-from langchain_moa._agents import Agent
 from langchain_moa._prompts import (
     JSON_RANK_INSTRUCTION,
     JSON_VOTE_INSTRUCTION,
@@ -36,8 +35,8 @@ from langchain_moa.steps._aggregate import final_message, single_agent
 from langchain_moa.steps._base import (
     DEFAULT,
     Job,
-    LLMStep,
     Result,
+    SingleAgentStep,
     StepReport,
     _Default,
     validate_positive_int,
@@ -59,13 +58,12 @@ class VoteJudgement(BaseModel):
     choice: int = Field(description="the number (1-based) of the consensus response")
 
 
-class _Judge(LLMStep):
+class _Judge(SingleAgentStep):
     schema: ClassVar[type[BaseModel]]
     instruction: ClassVar[str]
     json_hint: ClassVar[str]
 
     defaults: ClassVar[tuple[float, int]] = (0.0, 512)
-    agent: Agent
     structured: Structured = "auto"
 
     def __init__(
@@ -101,12 +99,9 @@ class _Judge(LLMStep):
             **extra,
         )
 
-    def step_agents(self) -> list[Agent]:
-        return [self.agent]
-
     @property
     def params(self) -> dict[str, Any]:
-        return {"agent": self.agent.name, **super().params, "structured": self.structured}
+        return {**super().params, "structured": self.structured}
 
     def _judge_job(self, state: MoAState, config: RunnableConfig) -> Job:
         if not state.candidates:

@@ -17,12 +17,17 @@ from typing import Any, ClassVar
 
 from langchain_core.runnables import RunnableConfig
 
-from langchain_moa._agents import Agent
 from langchain_moa._prompts import reference_messages
 from langchain_moa._settings import DEFAULT, _Default
 from langchain_moa.errors import ConfigurationError, LayerFailedError
 from langchain_moa.steps._aggregate import single_agent
-from langchain_moa.steps._base import Job, LLMStep, Result, StepReport, validate_positive_int
+from langchain_moa.steps._base import (
+    Job,
+    Result,
+    SingleAgentStep,
+    StepReport,
+    validate_positive_int,
+)
 from langchain_moa.steps._layers import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
 from langchain_moa.types import Candidate, MoAState
 
@@ -36,7 +41,7 @@ RSA_PROMPT = (
 )
 
 
-class RecursiveAggregate(LLMStep):
+class RecursiveAggregate(SingleAgentStep):
     """Recursive self-aggregation (RSA, arXiv 2509.26626): ``rounds`` rounds in which
     every member of the population aggregates a random subset of ``k`` members.
 
@@ -71,7 +76,6 @@ class RecursiveAggregate(LLMStep):
     """
 
     defaults: ClassVar[tuple[float, int]] = (DEFAULT_TEMPERATURE, DEFAULT_MAX_TOKENS)
-    agent: Agent
     k: int = 2
     rounds: int = 1
     seed: int | None = None
@@ -112,13 +116,9 @@ class RecursiveAggregate(LLMStep):
             **settings,
         )
 
-    def step_agents(self) -> list[Agent]:
-        return [self.agent]
-
     @property
     def params(self) -> dict[str, Any]:
         return {
-            "agent": self.agent.name,
             **super().params,
             "k": self.k,
             "rounds": self.rounds,

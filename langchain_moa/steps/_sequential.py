@@ -15,12 +15,17 @@ from typing import Any, ClassVar
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableConfig
 
-from langchain_moa._agents import Agent
 from langchain_moa._prompts import AGGREGATE_PROMPT, reference_messages
 from langchain_moa._settings import DEFAULT, _Default
 from langchain_moa.errors import AggregatorError
 from langchain_moa.steps._aggregate import final_message, single_agent
-from langchain_moa.steps._base import Job, LLMStep, Result, StepReport, validate_positive_int
+from langchain_moa.steps._base import (
+    Job,
+    Result,
+    SingleAgentStep,
+    StepReport,
+    validate_positive_int,
+)
 from langchain_moa.steps._layers import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
 from langchain_moa.types import MoAState
 
@@ -42,7 +47,7 @@ def windows(n: int, window: int) -> list[list[int]]:
     return out
 
 
-class SequentialAggregate(LLMStep):
+class SequentialAggregate(SingleAgentStep):
     """Aggregate the candidates through a sliding window (Self-MoA-Seq, arXiv 2502.00674).
 
     Call 1 aggregates the first ``window`` candidates; call ``j > 1`` aggregates the
@@ -68,7 +73,6 @@ class SequentialAggregate(LLMStep):
     """
 
     defaults: ClassVar[tuple[float, int]] = (DEFAULT_TEMPERATURE, DEFAULT_MAX_TOKENS)
-    agent: Agent
     window: int = 3
 
     def __init__(
@@ -97,12 +101,9 @@ class SequentialAggregate(LLMStep):
             **settings,
         )
 
-    def step_agents(self) -> list[Agent]:
-        return [self.agent]
-
     @property
     def params(self) -> dict[str, Any]:
-        return {"agent": self.agent.name, **super().params, "window": self.window}
+        return {**super().params, "window": self.window}
 
     @property
     def OutputType(self) -> Any:  # noqa: N802

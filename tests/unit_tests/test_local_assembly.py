@@ -94,8 +94,9 @@ def test_missing_chunk_is_named(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- processes
-def _assemble_in_child(parts, dest, sha, size, go, results) -> None:  # runs in a child
-    go.wait(30)
+def _assemble_in_child(parts, dest, sha, size, go, results, ready) -> None:  # in a child
+    ready.put(os.getpid())  # imported and about to wait: the parent may start the race
+    go.wait(120)
     started = time.time()
     last_write = [None]
 
@@ -118,12 +119,13 @@ def test_two_processes_assemble_exactly_once(tmp_path: Path) -> None:
     parts, sha, size = make_chunks(tmp_path / "chunks")
     dest = tmp_path / "cache" / "model.gguf"
     ctx = multiprocessing.get_context("spawn")
-    go, results = ctx.Event(), ctx.Queue()
-    args = ([str(p) for p in parts], str(dest), sha, size, go, results)
+    go, results, ready = ctx.Event(), ctx.Queue(), ctx.Queue()
+    args = ([str(p) for p in parts], str(dest), sha, size, go, results, ready)
     procs = [ctx.Process(target=_assemble_in_child, args=args) for _ in range(2)]
     for proc in procs:
         proc.start()
-    time.sleep(1.0)  # let both children import and block on the event
+    for _ in procs:  # both children imported and waiting, however slow the machine
+        ready.get(timeout=120)
     go.set()
     outcome = [results.get(timeout=60) for _ in procs]
     for proc in procs:

@@ -15,6 +15,7 @@ from langchain_openai import AzureChatOpenAI
 from langchain_openai.chat_models.base import BaseChatOpenAI
 
 from langchain_moa import ConfigurationError, Deployment, MissingAPIKeyError, Propose
+from langchain_moa._llamacpp import LlamaServerChatModel
 from langchain_moa.providers import (
     PROVIDERS,
     build_chat_model,
@@ -166,8 +167,9 @@ def test_package_when_installed_else_openai_compatible_endpoint(provider, monkey
     llm = build_chat_model(provider, "some-model")
     if spec.package and _installed(provider):
         assert type(llm).__name__ == spec.package.split(":")[1]
-    else:
-        assert type(llm) is BaseChatOpenAI  # max_tokens sent as max_tokens
+    else:  # max_tokens sent as max_tokens; llama.cpp's server gets its own subclass
+        expected = LlamaServerChatModel if provider == "llamacpp" else BaseChatOpenAI
+        assert type(llm) is expected
         assert llm.openai_api_base == spec.base_url.rstrip("/")
         assert llm.max_retries == 0 and llm.stream_usage is True
 

@@ -17,6 +17,9 @@ structured-output tests, with ``method="json_schema"`` (grammar-enforced) and
   the 0.5B model's grammar-constrained joke runs on to the 128-token limit
   (``LengthFinishReasonError``): the model's answer, not the plumbing (expected
   failures, not strict);
+* ``test_unicode_tool_call_integration``: the call is made, but the model sometimes
+  writes a ``description`` argument long enough to run past ``max_tokens=64``
+  (expected failure, not strict);
 * JSON mode (``response_format: json_object``): supported by the server and the
   router, but the suite's joke-as-JSON answer does not fit the token budget of
   ``with_structured_output(method="json_mode")`` (it takes no extra kwargs here) and
@@ -114,6 +117,14 @@ class TestProviderRouterStandardIntegration(_LocalModel, ChatModelIntegrationTes
     @pytest.mark.xfail(reason=_RUNS_TO_THE_LIMIT, strict=False)
     def test_structured_output_optional_param(self, model: Any) -> None:
         super().test_structured_output_optional_param(model)
+
+    @pytest.mark.xfail(
+        reason="the 0.5B model sometimes writes a long 'description' argument that runs "
+        "past max_tokens=64, cutting the call's JSON (passes when it stops in time)",
+        strict=False,
+    )
+    def test_unicode_tool_call_integration(self, model: Any) -> None:
+        super().test_unicode_tool_call_integration(model)
 
     @property
     def chat_model_params(self) -> dict[str, Any]:

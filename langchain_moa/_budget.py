@@ -41,6 +41,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import ensure_config, patch_config
 
 from langchain_moa import pricing
+from langchain_moa._stream import StreamsByTransform
 from langchain_moa.errors import ConfigurationError, MoAError
 from langchain_moa.types import CallRecord
 
@@ -309,7 +310,7 @@ def reserve(config: RunnableConfig | None, step: Any, job: Any) -> _Reservation 
     )
 
 
-class _Budgeted(Runnable[Any, Any]):
+class _Budgeted(StreamsByTransform, Runnable[Any, Any]):
     """See :func:`with_budget`. One chain run named ``with_budget`` around the pipeline."""
 
     name = "with_budget"
@@ -366,20 +367,6 @@ class _Budgeted(Runnable[Any, Any]):
             return best
 
     # -- streaming: the pipeline's chunks as they come (the aggregator's tokens) ----
-
-    def stream(
-        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> Iterator[Any]:
-        yield from self.transform(iter([input]), config, **kwargs)
-
-    async def astream(
-        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> AsyncIterator[Any]:
-        async def one() -> AsyncIterator[Any]:
-            yield input
-
-        async for chunk in self.atransform(one(), config, **kwargs):
-            yield chunk
 
     def transform(
         self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any

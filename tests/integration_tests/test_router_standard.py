@@ -19,6 +19,11 @@ cannot apply, and why:
   deterministic; the plumbing is tested by ``test_json_schema_structured_output_is_
   enforced_by_the_server`` (test_local_model.py) and, for the router's
   ``ls_structured_output_format``, by tests/unit_tests/test_router_structured.py;
+* ``test_agent_loop`` (expected failure, not strict): it binds the tool with
+  ``tool_choice="auto"``, so nothing is grammar-enforced and the 0.5B model decides;
+  greedy decoding is not reproducible across machines and slot prompt-cache states
+  (the same run wrote the call as ``"San Francisco, CA"`` once and ``"San Francisco"``
+  the next time), and in one CI run its reply held no call the client could recover;
 * ``test_unicode_tool_call_integration``: the call is made, but the model sometimes
   writes a ``description`` argument long enough to run past ``max_tokens=64``
   (expected failure, not strict);
@@ -113,6 +118,15 @@ class TestProviderRouterStandardIntegration(_LocalModel, ChatModelIntegrationTes
     )
     def test_unicode_tool_call_integration(self, model: Any) -> None:
         super().test_unicode_tool_call_integration(model)
+
+    @pytest.mark.xfail(
+        reason="tool_choice='auto' leaves the call to the 0.5B model, which on some "
+        "machines answers without one (passes when it writes the call)",
+        strict=False,
+    )
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    def test_agent_loop(self, model: Any) -> None:
+        super().test_agent_loop(model)
 
     @property
     def chat_model_params(self) -> dict[str, Any]:

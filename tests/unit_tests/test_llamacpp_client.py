@@ -43,6 +43,11 @@ CALL = {"name": "get_weather", "arguments": {"city": "Paris"}}
         "```json\n" + json.dumps(CALL, indent=2) + "\n```\n\n\n",
         "<tool_call>\n" + json.dumps(CALL) + "\n</tool_call>",
         json.dumps({"name": "get_weather", "arguments": json.dumps({"city": "Paris"})}),
+        # seen from the 0.5B model in the standard suite: an imagined tool result after
+        # the call, and the same call repeated until max_tokens cut it off
+        json.dumps(CALL) + '\n{"result": "sunny"}',
+        (json.dumps(CALL) + "\n") * 3 + '{"name": "get_weather", "argu',
+        "```json\n" + json.dumps(CALL) + "\n```\nThis asks for the weather.",
     ],
 )
 def test_a_call_written_as_text_becomes_a_tool_call(fault_server: FaultServer, text: str):
@@ -63,7 +68,9 @@ def test_a_call_written_as_text_becomes_a_tool_call(fault_server: FaultServer, t
         "It is sunny in Paris.",
         json.dumps({"name": "get_stock", "arguments": {"symbol": "X"}}),  # not a bound tool
         json.dumps({"name": "get_weather", "arguments": {"city": "Paris"}, "note": 1}),
-        "Sure: " + json.dumps(CALL),  # prose around it: left alone
+        "Sure: " + json.dumps(CALL),  # prose before it: left alone
+        '{"result": 1}\n' + json.dumps(CALL),  # another object first: left alone
+        "[]",
         json.dumps({"name": "get_weather", "arguments": "not json"}),
     ],
 )
@@ -72,6 +79,21 @@ def test_anything_else_is_left_as_the_server_sent_it(fault_server: FaultServer, 
     llm = chat_model_for_base_url(fault_server.base_url, "m")
     message = llm.bind_tools([get_weather]).invoke("q")
     assert message.tool_calls == [] and message.content == text
+
+
+def test_calls_of_two_tools_in_a_row_are_both_kept_and_a_repeat_counts_once(
+    fault_server: FaultServer,
+):
+    time_call = {"name": "get_time", "arguments": {"zone": "CET"}}
+    text = "\n".join(json.dumps(c) for c in (CALL, time_call, CALL)) + '\n{"result": "noon"}'
+    fault_server.set_default(Fault.ok(text))
+    llm = chat_model_for_base_url(fault_server.base_url, "m")
+    message = llm.bind_tools([get_weather, get_time]).invoke("weather and time in Paris?")
+    assert [(c["name"], c["args"]) for c in message.tool_calls] == [
+        ("get_weather", {"city": "Paris"}),
+        ("get_time", {"zone": "CET"}),
+    ]
+    assert len({c["id"] for c in message.tool_calls}) == 2
 
 
 def test_without_bound_tools_json_stays_text(fault_server: FaultServer):

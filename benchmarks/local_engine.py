@@ -19,6 +19,12 @@ shared machine), interleaved over ``--rounds`` rounds.
     python benchmarks/local_engine.py --rounds 3
     python benchmarks/local_engine.py --contention --rounds 3
 
+``--batch-scan`` instead measures the total tokens/s of k concurrent requests
+(k = 1..8, ``max_tokens`` each, temperature 0.7), interleaved over ``--rounds`` rounds:
+how much a proposal layer of k samples gains from the server's batching on this CPU.
+
+    python benchmarks/local_engine.py --batch-scan --rounds 3 --threads 2
+
 ``--baseline-url URL`` adds the same one-stream and layer cases against another
 OpenAI-compatible server already running at URL (e.g. llama-cpp-python's
 ``python -m llama_cpp.server`` on the same GGUF), side by side. ``--threads N`` runs
@@ -36,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -70,16 +77,23 @@ def _cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def _body(model: str, prompt: str, max_tokens: int, temperature: float) -> dict[str, Any]:
+    """A chat completion request of ``max_tokens`` tokens."""
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "ignore_eos": True,  # llama.cpp: always max_tokens tokens (ignored elsewhere)
+    }
+
+
 def one_stream(base_url: str, model: str, max_tokens: int) -> dict[str, float]:
     """Stream one completion; tokens/s from the request to the last token."""
     body = {
-        "model": model,
-        "messages": [{"role": "user", "content": PROMPT}],
-        "max_tokens": max_tokens,
-        "temperature": 0.0,
+        **_body(model, PROMPT, max_tokens, 0.0),
         "stream": True,
         "stream_options": {"include_usage": True},
-        "ignore_eos": True,  # llama.cpp: always max_tokens tokens (ignored elsewhere)
     }
     started = time.perf_counter()
     usage: dict[str, Any] = {}
@@ -237,11 +251,48 @@ def run_contention(args: argparse.Namespace) -> None:
         )
 
 
+def concurrent(base_url: str, model: str, k: int, max_tokens: int) -> dict[str, float]:
+    """``k`` requests at once (raw HTTP, one thread each); total tokens/s."""
+    body = _body(model, LAYER_PROMPT, max_tokens, 0.7)
+    with ThreadPoolExecutor(k) as pool:
+        started = time.perf_counter()
+        replies = list(
+            pool.map(
+                lambda _: httpx.post(f"{base_url}/chat/completions", json=body, timeout=600),
+                range(k),
+            )
+        )
+        wall = time.perf_counter() - started
+    tokens = sum(r.raise_for_status().json()["usage"]["completion_tokens"] for r in replies)
+    return {"wall_s": wall, "tokens": tokens, "tok_per_s": tokens / wall}
+
+
+def run_batch_scan(args: argparse.Namespace) -> None:
+    model_path = ensure_model(DEFAULT_LOCAL_MODEL, progress=False)
+    binary = ensure_llama_server()
+    sizes = range(1, 9)
+    rates: dict[int, list[float]] = {k: [] for k in sizes}
+    with LocalServer(
+        model_path, model_alias=DEFAULT_LOCAL_MODEL, n_threads=args.threads, slots=max(sizes)
+    ) as server:
+        print(f"llama-server: {server.command(binary)}", flush=True)
+        one_stream(server.base_url, DEFAULT_LOCAL_MODEL, 8)  # warm-up
+        for rnd in range(args.rounds):
+            for k in sizes:
+                data = concurrent(server.base_url, DEFAULT_LOCAL_MODEL, k, args.max_tokens)
+                rates[k].append(data["tok_per_s"])
+                print(f"round {rnd + 1} k={k}: {data['tok_per_s']:.1f} tokens/s", flush=True)
+    print(f"\nsummary: k concurrent requests, total tokens/s (median of {args.rounds})")
+    for k in sizes:
+        print(f"  k={k}: {_summary(rates[k])}  ({statistics.median(rates[k]) / k:.1f} per request)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--contention", action="store_true")
+    parser.add_argument("--batch-scan", action="store_true")
     parser.add_argument("--hogs", type=int, default=2)
     parser.add_argument("--no-e2e", action="store_true", help="skip the moa end-to-end case")
     parser.add_argument("--baseline-url", default=None)
@@ -254,6 +305,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.contention:
         run_contention(args)
+    elif args.batch_scan:
+        run_batch_scan(args)
     else:
         run_main(args)
 

@@ -543,8 +543,7 @@ class LLMStep(Step):
             error_text = None if error is None else _describe(error)
         input_tokens = int(usage.get("input_tokens", 0) or 0)
         output_tokens = int(usage.get("output_tokens", 0) or 0)
-        # built from values of the right types: no validation pass on the hot path
-        return CallRecord.model_construct(
+        return CallRecord(
             step=type(self).__name__,
             layer=job.layer,
             agent_index=job.agent_index,

@@ -27,10 +27,10 @@ builds):
   repeats count once, and whatever the model wrote after its calls (an imagined tool
   result such as ``{"result": 3}``, a repeat cut off at ``max_tokens``) is dropped from
   the message (callbacks saw it as tokens). A reply that opens with anything else
-  (prose, another object) is left as it was. A stream with tools bound holds back a reply that opens like a
-  call (``{``, ``[``, a fence, a tag) until it ends, then yields the call as one chunk
-  with ``tool_call_chunks``; a prose reply streams token by token as before
-  (callbacks' ``on_llm_new_token`` always see the raw tokens).
+  (prose, another object) is left as it was. A stream with tools bound holds back a
+  reply that opens like a call (``{``, ``[``, a fence, a tag) until it ends, then
+  yields the calls as one chunk with ``tool_call_chunks``; a prose reply streams token
+  by token as before (callbacks' ``on_llm_new_token`` always see the raw tokens).
 """
 
 from __future__ import annotations

@@ -151,51 +151,122 @@ PROVIDERS: dict[str, Provider] = {
     p.name: p
     for p in [
         # init_chat_model's providers (langchain 1.x), same keys and packages
-        _p("openai", "https://api.openai.com/v1", "OPENAI_API_KEY",
-           "langchain_openai:ChatOpenAI", "OPENAI_BASE_URL"),
-        _p("anthropic", "https://api.anthropic.com/v1/", "ANTHROPIC_API_KEY",
-           "langchain_anthropic:ChatAnthropic"),
+        _p(
+            "openai",
+            "https://api.openai.com/v1",
+            "OPENAI_API_KEY",
+            "langchain_openai:ChatOpenAI",
+            "OPENAI_BASE_URL",
+        ),
+        _p(
+            "anthropic",
+            "https://api.anthropic.com/v1/",
+            "ANTHROPIC_API_KEY",
+            "langchain_anthropic:ChatAnthropic",
+        ),
         _p("anthropic_bedrock", None, None, "langchain_aws:ChatAnthropicBedrock"),
         _p("azure_ai", None, None, "langchain_azure_ai.chat_models:AzureAIOpenAIApiChatModel"),
         _p("azure_openai", None, None, "langchain_openai:AzureChatOpenAI"),
-        _p("baseten", "https://inference.baseten.co/v1", "BASETEN_API_KEY",
-           "langchain_baseten:ChatBaseten"),
+        _p(
+            "baseten",
+            "https://inference.baseten.co/v1",
+            "BASETEN_API_KEY",
+            "langchain_baseten:ChatBaseten",
+        ),
         _p("bedrock", None, None, "langchain_aws:ChatBedrock"),
         _p("bedrock_converse", None, None, "langchain_aws:ChatBedrockConverse"),
         _p("bedrock_mantle_anthropic", None, None, "langchain_aws:ChatAnthropicMantle"),
         _p("bedrock_mantle_openai", None, None, "langchain_aws:ChatOpenAIMantle"),
-        _p("cohere", "https://api.cohere.ai/compatibility/v1", "COHERE_API_KEY",
-           "langchain_cohere:ChatCohere"),
-        _p("deepseek", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY",
-           "langchain_deepseek:ChatDeepSeek"),
-        _p("fireworks", "https://api.fireworks.ai/inference/v1", "FIREWORKS_API_KEY",
-           "langchain_fireworks:ChatFireworks"),
-        _p("google_anthropic_vertex", None, None,
-           "langchain_google_vertexai.model_garden:ChatAnthropicVertex"),
-        _p("google_genai", "https://generativelanguage.googleapis.com/v1beta/openai/",
-           "GOOGLE_API_KEY", "langchain_google_genai:ChatGoogleGenerativeAI"),
+        _p(
+            "cohere",
+            "https://api.cohere.ai/compatibility/v1",
+            "COHERE_API_KEY",
+            "langchain_cohere:ChatCohere",
+        ),
+        _p(
+            "deepseek",
+            "https://api.deepseek.com/v1",
+            "DEEPSEEK_API_KEY",
+            "langchain_deepseek:ChatDeepSeek",
+        ),
+        _p(
+            "fireworks",
+            "https://api.fireworks.ai/inference/v1",
+            "FIREWORKS_API_KEY",
+            "langchain_fireworks:ChatFireworks",
+        ),
+        _p(
+            "google_anthropic_vertex",
+            None,
+            None,
+            "langchain_google_vertexai.model_garden:ChatAnthropicVertex",
+        ),
+        _p(
+            "google_genai",
+            "https://generativelanguage.googleapis.com/v1beta/openai/",
+            "GOOGLE_API_KEY",
+            "langchain_google_genai:ChatGoogleGenerativeAI",
+        ),
         _p("google_vertexai", None, None, "langchain_google_vertexai:ChatVertexAI"),
         _p("groq", "https://api.groq.com/openai/v1", "GROQ_API_KEY", "langchain_groq:ChatGroq"),
-        _p("huggingface", None, None, "langchain_huggingface:ChatHuggingFace",
-           creator="from_model_id"),
+        _p(
+            "huggingface",
+            None,
+            None,
+            "langchain_huggingface:ChatHuggingFace",
+            creator="from_model_id",
+        ),
         _p("ibm", None, None, "langchain_ibm:ChatWatsonx", creator="model_id"),
         _p("litellm", None, None, "langchain_litellm:ChatLiteLLM"),
-        _p("meta", "https://api.llama.com/compat/v1/", "LLAMA_API_KEY",
-           "langchain_meta:ChatMetaModel"),
-        _p("mistralai", "https://api.mistral.ai/v1", "MISTRAL_API_KEY",
-           "langchain_mistralai:ChatMistralAI"),
-        _p("nvidia", "https://integrate.api.nvidia.com/v1", "NVIDIA_API_KEY",
-           "langchain_nvidia_ai_endpoints:ChatNVIDIA"),
-        _p("ollama", "http://127.0.0.1:11434/v1", None, "langchain_ollama:ChatOllama",
-           "OLLAMA_BASE_URL"),
-        _p("openrouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY",
-           "langchain_openrouter:ChatOpenRouter"),
-        _p("perplexity", "https://api.perplexity.ai", "PPLX_API_KEY",
-           "langchain_perplexity:ChatPerplexity"),
-        _p("together", "https://api.together.xyz/v1", "TOGETHER_API_KEY",
-           "langchain_together:ChatTogether"),
-        _p("upstage", "https://api.upstage.ai/v1", "UPSTAGE_API_KEY",
-           "langchain_upstage:ChatUpstage"),
+        _p(
+            "meta",
+            "https://api.llama.com/compat/v1/",
+            "LLAMA_API_KEY",
+            "langchain_meta:ChatMetaModel",
+        ),
+        _p(
+            "mistralai",
+            "https://api.mistral.ai/v1",
+            "MISTRAL_API_KEY",
+            "langchain_mistralai:ChatMistralAI",
+        ),
+        _p(
+            "nvidia",
+            "https://integrate.api.nvidia.com/v1",
+            "NVIDIA_API_KEY",
+            "langchain_nvidia_ai_endpoints:ChatNVIDIA",
+        ),
+        _p(
+            "ollama",
+            "http://127.0.0.1:11434/v1",
+            None,
+            "langchain_ollama:ChatOllama",
+            "OLLAMA_BASE_URL",
+        ),
+        _p(
+            "openrouter",
+            "https://openrouter.ai/api/v1",
+            "OPENROUTER_API_KEY",
+            "langchain_openrouter:ChatOpenRouter",
+        ),
+        _p(
+            "perplexity",
+            "https://api.perplexity.ai",
+            "PPLX_API_KEY",
+            "langchain_perplexity:ChatPerplexity",
+        ),
+        _p(
+            "together",
+            "https://api.together.xyz/v1",
+            "TOGETHER_API_KEY",
+            "langchain_together:ChatTogether",
+        ),
+        _p(
+            "upstage",
+            "https://api.upstage.ai/v1",
+            "UPSTAGE_API_KEY",
+            "langchain_upstage:ChatUpstage",
+        ),
         _p("xai", "https://api.x.ai/v1", "XAI_API_KEY", "langchain_xai:ChatXAI"),
         # OpenAI-compatible only (no init_chat_model key)
         _p("deepinfra", "https://api.deepinfra.com/v1/openai", "DEEPINFRA_API_KEY"),
@@ -563,9 +634,7 @@ def build_chat_model(
         and spec.package_installed()
     ):
         return _package_chat_model(spec, model, api_key, dict(kwargs))
-    return openai_compatible_chat_model(
-        spec, model, base_url=base_url, api_key=api_key, **kwargs
-    )
+    return openai_compatible_chat_model(spec, model, base_url=base_url, api_key=api_key, **kwargs)
 
 
 LogicalModelMap = dict[str, dict[str, str]]

@@ -354,11 +354,7 @@ class Planner:
         if not queued:
             req.queue["limited_by"] = "cooldown"
             req.queue["limited_deployment"] = name
-        if (
-            not queued
-            and req.deadline_at is not None
-            and now + wait > req.deadline_at
-        ):
+        if not queued and req.deadline_at is not None and now + wait > req.deadline_at:
             raise NoDeploymentAvailableError(
                 f"no deployment available within the deadline of {req.deadline:g} s "
                 f"(earliest: {name} in {wait:.2f} s)",
@@ -458,9 +454,17 @@ class Planner:
                 tat -= min(tolerance(c) for c in self._costs(req, own))
             if tat is not None and tat > t:
                 kinds = {k for k, _ in own} | {k.split(":")[0] for k in router_keys}
-                t, factor = tat, "tpm" if kinds == {"tpm"} else "rpm" if kinds == {"rpm"} else (
-                    "tpm" if self.store.limits_peek([k for k in keys if k.startswith("tpm")])
-                    == tat else "rpm"
+                t, factor = (
+                    tat,
+                    "tpm"
+                    if kinds == {"tpm"}
+                    else "rpm"
+                    if kinds == {"rpm"}
+                    else (
+                        "tpm"
+                        if self.store.limits_peek([k for k in keys if k.startswith("tpm")]) == tat
+                        else "rpm"
+                    ),
                 )
             if router_full or (
                 d.max_concurrency is not None

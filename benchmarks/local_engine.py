@@ -25,6 +25,13 @@ how much a proposal layer of k samples gains from the server's batching on this 
 
     python benchmarks/local_engine.py --batch-scan --rounds 3 --threads 2
 
+``--compare-binary PATH`` instead runs the package's ``llama-server`` and the one at PATH
+(e.g. a build with other compiler flags) side by side, interleaved over ``--rounds``
+rounds: decode tokens/s of one stream, prompt tokens/s of a ~1,500-token prompt, and the
+total tokens/s of 3 concurrent requests.
+
+    python benchmarks/local_engine.py --compare-binary /path/to/llama-server --threads 2
+
 ``--baseline-url URL`` adds the same one-stream and layer cases against another
 OpenAI-compatible server already running at URL (e.g. llama-cpp-python's
 ``python -m llama_cpp.server`` on the same GGUF), side by side. ``--threads N`` runs
@@ -209,8 +216,7 @@ def run_contention(args: argparse.Namespace) -> None:
     settings = [(2, 50), (2, 0), (1, 50), (1, 0)]
     results: dict[tuple, list[float]] = {}
     servers = {
-        (t, p): LocalServer(model_path, n_threads=t, poll=p, slots=1).start()
-        for t, p in settings
+        (t, p): LocalServer(model_path, n_threads=t, poll=p, slots=1).start() for t, p in settings
     }
     try:
         for server in servers.values():
@@ -287,6 +293,43 @@ def run_batch_scan(args: argparse.Namespace) -> None:
         print(f"  k={k}: {_summary(rates[k])}  ({statistics.median(rates[k]) / k:.1f} per request)")
 
 
+def prompt_rate(base_url: str, model: str) -> float:
+    """Prompt tokens/s (llama.cpp's ``timings``) of a ~1,500-token prompt, 1 token out."""
+    prompt = " ".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(120))
+    body = {**_body(model, prompt, 1, 0.0), "cache_prompt": False}
+    reply = httpx.post(f"{base_url}/chat/completions", json=body, timeout=600)
+    return float(reply.raise_for_status().json()["timings"]["prompt_per_second"])
+
+
+def run_compare_binary(args: argparse.Namespace) -> None:
+    model_path = ensure_model(DEFAULT_LOCAL_MODEL, progress=False)
+    binaries = {"package": ensure_llama_server(), "other": Path(args.compare_binary)}
+    cases = ("decode tok/s", "prompt tok/s", "3 concurrent tok/s")
+    results: dict[tuple[str, str], list[float]] = {(b, c): [] for b in binaries for c in cases}
+    for rnd in range(args.rounds):
+        for name, binary in binaries.items():
+            with LocalServer(
+                model_path, model_alias=DEFAULT_LOCAL_MODEL, n_threads=args.threads, binary=binary
+            ) as server:
+                url, model = server.base_url, DEFAULT_LOCAL_MODEL
+                one_stream(url, model, 8)  # warm-up
+                results[(name, cases[0])].append(
+                    one_stream(url, model, args.max_tokens)["decode_tok_per_s"]
+                )
+                results[(name, cases[1])].append(prompt_rate(url, model))
+                results[(name, cases[2])].append(
+                    concurrent(url, model, 3, args.max_tokens)["tok_per_s"]
+                )
+            print(
+                f"round {rnd + 1} {name}: "
+                + ", ".join(f"{c} {results[(name, c)][-1]:.1f}" for c in cases),
+                flush=True,
+            )
+    print(f"\nsummary (median of {args.rounds}; {binaries['other']} as 'other')")
+    for case in cases:
+        print(f"  {case}: " + "  |  ".join(f"{b} {_summary(results[(b, case)])}" for b in binaries))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -296,6 +339,7 @@ def main() -> None:
     parser.add_argument("--hogs", type=int, default=2)
     parser.add_argument("--no-e2e", action="store_true", help="skip the moa end-to-end case")
     parser.add_argument("--baseline-url", default=None)
+    parser.add_argument("--compare-binary", default=None, help="another llama-server to compare")
     parser.add_argument(
         "--threads",
         type=int,
@@ -307,6 +351,8 @@ def main() -> None:
         run_contention(args)
     elif args.batch_scan:
         run_batch_scan(args)
+    elif args.compare_binary:
+        run_compare_binary(args)
     else:
         run_main(args)
 

@@ -458,3 +458,47 @@ def test_every_bundled_models_extra_exists_and_needs_no_normalisation():
         assert model.extra in extras, model.name
         assert model.extra == re.sub(r"[-_.]+", "-", model.extra).lower()
         assert set(model.packages) <= {re.split(r"[=<>]", r)[0] for r in extras[model.extra]}
+
+
+def test_the_build_keeps_o3_for_kernels_and_per_token_code(tmp_path: Path) -> None:
+    """A real CMake configure of the installed llama.cpp sources with the package's flags:
+    the compile commands Ninja would run give -O1 (last, so it wins) to host-side code and
+    the precompiled header to the model files, and leave ggml's kernels and the per-token
+    sources at -O3."""
+    import subprocess
+
+    from langchain_moa._local import _build
+
+    try:
+        source = _build.llama_cpp_source_dir()
+        cmake, generator, _, _ = _build._build_tools()
+    except LocalModelError as exc:
+        if os.environ.get("LANGCHAIN_MOA_REQUIRE_LOCAL_MODEL"):
+            raise
+        pytest.skip(str(exc))
+    if not generator:
+        pytest.skip("ninja not installed")
+    command = _build._configure_command(cmake, generator, source, tmp_path)
+    subprocess.run(command, check=True, capture_output=True)
+    ninja = generator[-1].split("=", 1)[1]
+    lines = subprocess.run(
+        [ninja, "-C", str(tmp_path), "-t", "commands", "llama-server"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+
+    def flags_of(source_file: str) -> list[str]:
+        line = next(x for x in lines if x.endswith(f"/{source_file}") and " -c " in x)
+        return line.split()
+
+    def last_level(flags: list[str]) -> str:
+        return [f for f in flags if f in ("-O0", "-O1", "-O2", "-O3")][-1]
+
+    for host_code in ("src/models/qwen2.cpp", "src/llama-model.cpp", "common/arg.cpp"):
+        assert last_level(flags_of(host_code)) == "-O1", host_code
+    assert any("cmake_pch" in f for f in flags_of("src/models/qwen2.cpp"))
+    for per_token in _build._PER_TOKEN_SOURCES:
+        assert last_level(flags_of(per_token)) == "-O3", per_token
+    for kernel in ("ggml/src/ggml-cpu/ops.cpp", "ggml/src/ggml-cpu/ggml-cpu.c"):
+        assert "-O1" not in flags_of(kernel), kernel

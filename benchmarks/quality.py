@@ -19,7 +19,11 @@ k samples per question** (``Propose([model] * k)`` at ``--temperature``), stored
                ``majority3``: over the first 3 of them
 ``greedy_vote`` :class:`MajorityVote` over the greedy answer (``single``) followed by the
                k samples: the greedy answer is one vote and wins ties (the vote's tie
-               rule: the earliest supporter); charged the single call and the samples
+               rule: the earliest supporter); charged the single call and the samples.
+               The same vote as ``self_consistency(model, k, greedy_first=True)``
+``greedy_adaptive3`` :class:`AdaptiveMajorityVote` started from the greedy answer, then
+               the shared samples in order, at most 3 calls in all (the greedy one
+               included): ``adaptive_consistency(model, 3, greedy_first=True)``
 ``adaptive``   :class:`AdaptiveMajorityVote` (defaults: 2 samples, then 1 per round, stop at
                a 0.7 share or when the leader cannot be overtaken, at most k), fed the same
                samples in the same order, so its calls and tokens are the samples it used;
@@ -99,6 +103,7 @@ MMLU_PROMPT = (
 SHARED = (
     "majority",
     "greedy_vote",
+    "greedy_adaptive3",
     "majority3",
     "adaptive",
     "adaptive3",
@@ -457,21 +462,34 @@ class Runner:
                 )
                 samples_wall = max((c.latency_s for c in first), default=0.0)
                 method_step: Any = MajorityVote(extractor_for(self.dataset, q), no_answer="first")
-            if method in ("adaptive", "adaptive3"):
+            if method in ("adaptive", "adaptive3", "greedy_adaptive3"):
+                greedy = method == "greedy_adaptive3"
                 step = AdaptiveMajorityVote(
                     _replay(state),
                     no_answer="first",
                     extract=extractor_for(self.dataset, q),
-                    max_samples=a.k if method == "adaptive" else min(3, a.k),
+                    max_samples=a.k if method == "adaptive" else min(3, a.k + greedy),
                     temperature=None,
                     max_tokens=None,
                 )
-                message = step.invoke(q["prompt"])
+                if greedy:  # the greedy answer is the first sample drawn
+                    both, _ = self._with_greedy_first(q, state, samples_wall)
+                    first = both.model_copy(
+                        update={"candidates": both.candidates[:1], "calls": both.calls[:1]}
+                    )
+                    message = step.invoke(first)
+                    lat = [both.candidates[0].latency_s, *(c.latency_s for c in state.candidates)]
+                else:
+                    message = step.invoke(q["prompt"])
+                    lat = [c.latency_s for c in state.candidates]
                 meta = message.response_metadata["moa"]
                 used = meta["samples"]
-                lat = [c.latency_s for c in state.candidates[:used]]
-                # rounds: the first 2 samples in parallel, then one at a time
-                wall = (max(lat[:2]) if lat else 0.0) + sum(lat[2:])
+                lat = lat[:used]
+                # rounds: greedy_adaptive3's greedy call, then one sample at a time;
+                # adaptive: the first 2 samples in parallel, then one at a time
+                wall = (
+                    lat[0] + sum(lat[1:]) if greedy else (max(lat[:2], default=0.0) + sum(lat[2:]))
+                )
                 extra = {"samples_used": used, "stopped": meta["stopped"]}
             elif method == "majority3":
                 message = method_step.invoke(state)
@@ -659,7 +677,7 @@ def rescore(args: argparse.Namespace) -> int:
     """Re-extract every stored answer with the current extractors (no model call): texts
     are re-scored, the samples' answers recomputed, and the methods that only select among
     the stored samples (majority, majority3, adaptive, adaptive3) run again on them."""
-    free = ("majority", "greedy_vote", "majority3", "adaptive", "adaptive3")
+    free = ("majority", "greedy_vote", "greedy_adaptive3", "majority3", "adaptive", "adaptive3")
     for dataset in args.dataset:
         log = Path(args.out_dir) / f"quality_{dataset}.jsonl"
         if not log.exists():

@@ -8,7 +8,7 @@ preset             layers                                       calls (6 propose
 ``self_moa``       Propose k x one model -> Aggregate (2)       k + 1
 ``robust_moa``     Propose -> Shuffle -> Dropout -> Aggregate   proposers + 1
 ``self_moa_seq``   Propose k -> SequentialAggregate (window w)  k + 1 + ceil((k-w)/(w-1))
-``self_consistency`` Propose k x one model -> MajorityVote      k
+``self_consistency`` Propose k x one model -> MajorityVote      k (k + 1 greedy_first)
 ``adaptive_consistency`` AdaptiveMajorityVote                   2 .. max_samples
 ``fusion``         Propose -> Fusion (judge, writer)            proposers + 2
 ``rsa``            Propose N -> RecursiveAggregate(K, T) -> MajorityVote / Aggregate
@@ -250,11 +250,22 @@ def self_moa_seq(
     return pipeline(steps).with_config(run_name="self_moa_seq")
 
 
+def _greedy_call(model: Any, refs: dict[str, Any]) -> Propose:
+    """One greedy (temperature 0) call of ``model``: the first vote of a greedy-first vote."""
+    return Propose(
+        [model],
+        temperature=0,
+        max_tokens=refs["max_tokens"],
+        client=refs["client"],
+    )
+
+
 def self_consistency(
     model: Any,
     k: int = 5,
     extract: Any = "number",
     *,
+    greedy_first: bool = False,
     no_answer: str = "raise",
     **options: Unpack[PresetOptions],
 ) -> Runnable:
@@ -263,10 +274,19 @@ def self_consistency(
 
     ``extract``: ``"number"``, ``"choice"``, an extractor or a callable text -> answer;
     ``no_answer``: ``"raise"`` or ``"first"``, as for :class:`MajorityVote`. Calls: ``k``.
+
+    ``greedy_first=True``: one greedy call (temperature 0) first, then the ``k`` samples
+    (``Propose([model], temperature=0) | AdaptiveMajorityVote(model, min_samples=k + 1,
+    max_samples=k + 1)``): the greedy answer is one vote and, being the earliest, wins
+    ties. Calls: ``k + 1``, in two rounds (the greedy call, then the samples together).
     """
     k = validate_positive_int(k, "k")
+    refs = _references(options)
+    if greedy_first:
+        vote = _sampling_vote(model, extract, no_answer, refs, min_samples=k + 1, max_samples=k + 1)
+        return (_greedy_call(model, refs) | vote).with_config(run_name="self_consistency")
     vote = MajorityVote(extract, no_answer=no_answer)  # type: ignore[arg-type]
-    steps = [Propose([model] * k, **_references(options)), vote]
+    steps = [Propose([model] * k, **refs), vote]
     return pipeline(steps).with_config(run_name="self_consistency")
 
 
@@ -275,6 +295,7 @@ def adaptive_consistency(
     max_samples: int = 5,
     extract: Any = "number",
     *,
+    greedy_first: bool = False,
     no_answer: str = "raise",
     **options: Unpack[PresetOptions],
 ) -> Runnable:
@@ -283,20 +304,49 @@ def adaptive_consistency(
     2 samples first, then 1 per round, stop at a 0.7 share or when the leader cannot
     be overtaken). ``no_answer="first"``: a question whose samples hold no extractable
     answer returns the first sample after 2 calls. Calls: 2 .. ``max_samples``.
+
+    ``greedy_first=True``: the first call is greedy (temperature 0) and counts as the
+    first sample (its answer wins ties, being the earliest); then one sample at a time
+    at ``temperature``. Calls: still 2 .. ``max_samples``, the greedy one included.
     """
     refs = _references(options)
-    step = AdaptiveMajorityVote(
+    max_samples = validate_positive_int(max_samples, "max_samples")
+    if greedy_first:
+        if max_samples < 2:
+            raise ConfigurationError(
+                f"max_samples must be >= 2 with greedy_first=True (the greedy call and at "
+                f"least one sample), got {max_samples}"
+            )
+        vote = _sampling_vote(
+            model, extract, no_answer, refs, min_samples=2, max_samples=max_samples
+        )
+        return (_greedy_call(model, refs) | vote).with_config(run_name="adaptive_consistency")
+    step = _sampling_vote(
+        model, extract, no_answer, refs, min_samples=min(2, max_samples), max_samples=max_samples
+    )
+    return step.with_config(run_name="adaptive_consistency")
+
+
+def _sampling_vote(
+    model: Any,
+    extract: Any,
+    no_answer: str,
+    refs: dict[str, Any],
+    *,
+    min_samples: int,
+    max_samples: int,
+) -> AdaptiveMajorityVote:
+    return AdaptiveMajorityVote(
         model,
         extract=extract,
         max_samples=max_samples,
-        min_samples=min(2, max_samples),
+        min_samples=min_samples,
         no_answer=no_answer,  # type: ignore[arg-type]
         temperature=refs["temperature"],
         max_tokens=refs["max_tokens"],
         max_concurrency=refs["max_concurrency"],
         client=refs["client"],
     )
-    return step.with_config(run_name="adaptive_consistency")
 
 
 def fusion(

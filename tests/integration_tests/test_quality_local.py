@@ -1,8 +1,9 @@
 """The answer-quality steps on the real bundled model (Qwen2.5-Coder-0.5B-Instruct):
-MajorityVote, AdaptiveMajorityVote, Fusion, RecursiveAggregate, SequentialAggregate
-and a Budget. One test each, small ``max_tokens`` so the file stays quick; the
-assertions are the steps' invariants (calls made and recorded, usage summed, votes
-consistent with the texts), not the model's arithmetic.
+MajorityVote, AdaptiveMajorityVote (and the greedy-first vote preset), Fusion,
+RecursiveAggregate, SequentialAggregate and a Budget. One test each, small
+``max_tokens`` so the file stays quick; the assertions are the steps' invariants (calls
+made and recorded, usage summed, votes consistent with the texts), not the model's
+arithmetic.
 """
 
 from __future__ import annotations
@@ -68,6 +69,22 @@ def test_adaptive_majority_vote_stops_within_bounds(agents_on_server):
     meta = out.response_metadata["moa"]
     assert 2 <= meta["samples"] <= 4 and meta["samples"] == len(history.calls)
     assert meta["stopped"] in ("threshold", "unbeatable", "max_samples")
+    usage_matches(out, history)
+
+
+def test_greedy_first_self_consistency_votes_the_greedy_call_and_the_samples(agents_on_server):
+    from langchain_moa.presets import self_consistency
+
+    moa = self_consistency(AGENT, k=2, greedy_first=True, reference_max_tokens=SHORT)
+    out, history = run(moa)
+    meta = out.response_metadata["moa"]
+    assert [s.step for s in history.steps] == ["Propose", "AdaptiveMajorityVote"]
+    assert meta["calls"] == 3 == len(history.calls) and meta["samples"] == 3
+    answers = [NumberAnswer()(c.output) for c in history.calls]
+    assert meta["votes"][meta["answer"]] == answers.count(meta["answer"])
+    top = max(meta["votes"].values())
+    # ties go to the earliest supporter: the greedy call when it is among the leaders
+    assert meta["answer"] == next(a for a in answers if a is not None and answers.count(a) == top)
     usage_matches(out, history)
 
 

@@ -235,6 +235,29 @@ def test_adaptive_consistency_preset_stops_early():
     assert out.response_metadata["moa"]["samples"] == 2 and len(model.calls) == 2
 
 
+def test_self_consistency_greedy_first_votes_the_greedy_answer_and_it_wins_ties():
+    # greedy "5", then samples "6", "5", "6": a 2-2 tie, which the greedy answer wins
+    model = chat("Answer: 5", "Answer: 6", "Answer: 5", "Answer: 6")
+    out, history = run(self_consistency(model, k=3, greedy_first=True, temperature=0.3))
+    meta = out.response_metadata["moa"]
+    assert meta["answer"] == "5" and meta["votes"] == {"5": 2, "6": 2}
+    assert meta["calls"] == 4 == len(model.calls)
+    assert [c["kwargs"]["temperature"] for c in model.calls] == [0, 0.3, 0.3, 0.3]
+    assert [s.step for s in history.steps] == ["Propose", "AdaptiveMajorityVote"]
+
+
+def test_adaptive_consistency_greedy_first_counts_the_greedy_call():
+    model = chat("Answer: 5")
+    out, _ = run(adaptive_consistency(model, max_samples=3, greedy_first=True))
+    assert out.response_metadata["moa"]["samples"] == 2 == len(model.calls)
+    assert [c["kwargs"]["temperature"] for c in model.calls] == [0, 0.7]
+    split = chat("Answer: 1", "Answer: 2", "Answer: 3")
+    out, _ = run(adaptive_consistency(split, max_samples=3, greedy_first=True))
+    assert len(split.calls) == 3 and out.response_metadata["moa"]["answer"] == "1"
+    with pytest.raises(ConfigurationError, match="max_samples"):
+        adaptive_consistency(chat("x"), max_samples=1, greedy_first=True)
+
+
 def test_rsa_preset_calls_and_final_vote():
     model = chat("Answer: 9")
     out, history = run(rsa(model, n=3, k=2, rounds=2, extract="number", seed=0))

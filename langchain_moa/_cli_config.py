@@ -74,6 +74,9 @@ to one greedy call (6/29 vs 8/29); at 0.3 a sample is about as good as the greed
 on MMLU 24/100 vs 23/100)."""
 MOA_TEMPERATURE = 0.7
 """Default sampling temperature of the MoA presets, as in both MoA papers."""
+GREEDY_FIRST = False
+"""Default of ``--greedy-first`` for the vote presets: whether the first call is greedy
+(temperature 0), its answer one vote that wins ties (README "Answer quality")."""
 """What ``moa "question"`` runs with no ``--proposer``: the method that measured best
 per unit of cost on the bundled model (README, "Answer quality"): Adaptive-Consistency —
 samples of the one model drawn until their extracted final numbers agree
@@ -112,6 +115,7 @@ class RunSettings:
     api_key: str | None = None
     seed: int | None = None
     dropout: float = 0.2
+    greedy_first: bool | None = None
 
     def resolved_preset(self) -> str:
         if self.preset != "auto":
@@ -126,6 +130,10 @@ class RunSettings:
         if self.temperature is not None:
             return self.temperature
         return VOTE_TEMPERATURE if self.resolved_preset() in VOTE_PRESETS else MOA_TEMPERATURE
+
+    def resolved_greedy_first(self) -> bool:
+        """``--greedy-first`` / ``--no-greedy-first``, else :data:`GREEDY_FIRST`."""
+        return GREEDY_FIRST if self.greedy_first is None else self.greedy_first
 
 
 def _check(settings: RunSettings) -> None:
@@ -150,6 +158,16 @@ def _check(settings: RunSettings) -> None:
     if settings.base_url is not None:
         validate_base_url(settings.base_url, "--base-url")
     preset = settings.resolved_preset()
+    if settings.greedy_first is not None and preset not in VOTE_PRESETS:
+        raise ConfigurationError(
+            f"--greedy-first / --no-greedy-first apply to the vote presets "
+            f"({', '.join(VOTE_PRESETS)}), not to --preset {preset}"
+        )
+    if settings.greedy_first and preset == "adaptive" and settings.samples < 2:
+        raise ConfigurationError(
+            f"--samples must be at least 2 with --greedy-first (the greedy call counts as "
+            f"one), got {settings.samples}"
+        )
     if preset in ONE_MODEL_PRESETS and len(set(settings.proposers)) > 1:
         raise ConfigurationError(
             f"--preset {preset} samples one model: give one --proposer "
@@ -238,12 +256,11 @@ def build_pipeline(settings: RunSettings) -> tuple[Runnable, list[str], str]:
         "aggregator_max_tokens": settings.aggregator_max_tokens or settings.max_tokens,
     }
     preset = settings.resolved_preset()
+    vote = {"no_answer": "first", "greedy_first": settings.resolved_greedy_first()}
     if preset == "adaptive":
-        runnable = presets.adaptive_consistency(
-            refs[0], max_samples=len(refs), no_answer="first", **common
-        )
+        runnable = presets.adaptive_consistency(refs[0], max_samples=len(refs), **vote, **common)
     elif preset == "self-consistency":
-        runnable = presets.self_consistency(refs[0], k=len(refs), no_answer="first", **common)
+        runnable = presets.self_consistency(refs[0], k=len(refs), **vote, **common)
     elif preset == "self-moa":
         runnable = presets.self_moa(refs[0], k=len(refs), aggregator=agg, **common)
     elif preset == "moa-lite":

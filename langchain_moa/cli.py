@@ -161,6 +161,16 @@ def main(
     seed: Annotated[
         int | None, typer.Option("--seed", help="robust preset: seed of Shuffle/Dropout.")
     ] = None,
+    greedy_first: Annotated[
+        bool | None,
+        typer.Option(
+            "--greedy-first/--no-greedy-first",
+            help="Vote presets: make the first call greedy (temperature 0); its answer is "
+            "one vote and wins ties (adaptive: it counts toward --samples; "
+            "self-consistency: --samples more).",
+            show_default=False,
+        ),
+    ] = None,
     stream: Annotated[
         bool, typer.Option("--stream", help="Print the aggregator's tokens as they come.")
     ] = False,
@@ -211,6 +221,7 @@ def main(
         base_url=base_url,
         api_key=api_key,
         seed=seed,
+        greedy_first=greedy_first,
     )
     batch = input_file is not None or output_file is not None
     if batch:

@@ -98,3 +98,24 @@ def test_an_explicit_temperature_reaches_every_sample(hosted: FaultServer):
     result = moa("What is 17*23?", "-t", "0.7", "--json")
     assert result.exit_code == 0, result.output
     assert {r.body["temperature"] for r in hosted.chat_requests} == {0.7}
+
+
+def test_greedy_first_sends_one_greedy_call_then_samples(hosted: FaultServer):
+    # greedy "409", then the samples "391" and "409": 409 leads (the greedy vote counts)
+    hosted.script(Fault.ok("Answer: 409"), Fault.ok("Answer: 391"), Fault.ok("Answer: 409"))
+    result = moa("What is 17*23?", "--greedy-first", "-k", "3", "-q")
+    assert result.exit_code == 0, result.output
+    temperatures = [r.body["temperature"] for r in hosted.chat_requests]
+    assert temperatures == [0, 0.3, 0.3] and result.stdout.strip() == "Answer: 409"
+    hosted.clear()
+    hosted.set_default(Fault.ok("Answer: 4"))
+    result = moa("2+2?", "--preset", "self-consistency", "--greedy-first", "-k", "2", "-q")
+    assert result.exit_code == 0, result.output
+    assert sorted(r.body["temperature"] for r in hosted.chat_requests) == [0, 0.3, 0.3]
+
+
+def test_greedy_first_is_refused_where_it_does_not_apply():
+    result = moa("q", "--preset", "self-moa", "--greedy-first")
+    assert result.exit_code == 2 and "vote presets" in result.output
+    result = moa("q", "--greedy-first", "-k", "1")
+    assert result.exit_code == 2 and "--samples must be at least 2" in result.output

@@ -21,13 +21,14 @@ k samples per question** (``Propose([model] * k)`` at ``--temperature``), stored
                k samples: the greedy answer is one vote and wins ties (the vote's tie
                rule: the earliest supporter); charged the single call and the samples.
                The same vote as ``self_consistency(model, k, greedy_first=True)``
-``greedy_adaptive3`` :class:`AdaptiveMajorityVote` started from the greedy answer, then
-               the shared samples in order, at most 3 calls in all (the greedy one
-               included): ``adaptive_consistency(model, 3, greedy_first=True)``
+``greedy_adaptive`` :class:`AdaptiveMajorityVote` started from the greedy answer, then
+               the shared samples in order, at most k + 1 calls in all (the greedy one
+               included): ``adaptive_consistency(model, k + 1, greedy_first=True)``, the
+               ``moa`` command's default; ``greedy_adaptive3``: at most 3 calls
 ``adaptive``   :class:`AdaptiveMajorityVote` (defaults: 2 samples, then 1 per round, stop at
                a 0.7 share or when the leader cannot be overtaken, at most k), fed the same
                samples in the same order, so its calls and tokens are the samples it used;
-               ``adaptive3``: the same with at most 3 samples (the ``moa`` command's default)
+               ``adaptive3``: the same with at most 3 samples
 ``self_moa``   Self-MoA: ``Aggregate(model, temperature=0)`` over the k samples
 ``fusion``     :class:`Fusion` (judge analysis, then writer; both the same model, T=0)
 ``rsa``        :class:`RecursiveAggregate` (population = the k samples, K=``--rsa-k``,
@@ -103,6 +104,7 @@ MMLU_PROMPT = (
 SHARED = (
     "majority",
     "greedy_vote",
+    "greedy_adaptive",
     "greedy_adaptive3",
     "majority3",
     "adaptive",
@@ -462,13 +464,15 @@ class Runner:
                 )
                 samples_wall = max((c.latency_s for c in first), default=0.0)
                 method_step: Any = MajorityVote(extractor_for(self.dataset, q), no_answer="first")
-            if method in ("adaptive", "adaptive3", "greedy_adaptive3"):
-                greedy = method == "greedy_adaptive3"
+            if method in ("adaptive", "adaptive3", "greedy_adaptive", "greedy_adaptive3"):
+                greedy = method.startswith("greedy")
                 step = AdaptiveMajorityVote(
                     _replay(state),
                     no_answer="first",
                     extract=extractor_for(self.dataset, q),
-                    max_samples=a.k if method == "adaptive" else min(3, a.k + greedy),
+                    max_samples={"adaptive": a.k, "greedy_adaptive": a.k + 1}.get(
+                        method, min(3, a.k + greedy)
+                    ),
                     temperature=None,
                     max_tokens=None,
                 )
@@ -485,7 +489,7 @@ class Runner:
                 meta = message.response_metadata["moa"]
                 used = meta["samples"]
                 lat = lat[:used]
-                # rounds: greedy_adaptive3's greedy call, then one sample at a time;
+                # rounds: the greedy methods' greedy call, then one sample at a time;
                 # adaptive: the first 2 samples in parallel, then one at a time
                 wall = (
                     lat[0] + sum(lat[1:]) if greedy else (max(lat[:2], default=0.0) + sum(lat[2:]))
@@ -677,7 +681,15 @@ def rescore(args: argparse.Namespace) -> int:
     """Re-extract every stored answer with the current extractors (no model call): texts
     are re-scored, the samples' answers recomputed, and the methods that only select among
     the stored samples (majority, majority3, adaptive, adaptive3) run again on them."""
-    free = ("majority", "greedy_vote", "greedy_adaptive3", "majority3", "adaptive", "adaptive3")
+    free = (
+        "majority",
+        "greedy_vote",
+        "greedy_adaptive",
+        "greedy_adaptive3",
+        "majority3",
+        "adaptive",
+        "adaptive3",
+    )
     for dataset in args.dataset:
         log = Path(args.out_dir) / f"quality_{dataset}.jsonl"
         if not log.exists():

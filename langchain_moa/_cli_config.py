@@ -64,24 +64,29 @@ PRESETS = (
 ``self-moa`` for one proposer, ``moa-lite`` for several."""
 
 DEFAULT_PRESET = "adaptive"
+"""What ``moa "question"`` runs with no ``--proposer``: the method that measured best on
+the bundled model per unit of cost (README, "Answer quality"): Adaptive-Consistency with
+the greedy answer first — one greedy call, then samples at :data:`VOTE_TEMPERATURE` one at
+a time until the majority of their extracted final numbers is settled, at most
+``--samples`` calls in all (default 6), ties to the greedy answer
+(:func:`~langchain_moa.presets.adaptive_consistency` with ``greedy_first``). A question
+whose replies hold no number (free text) costs 2 calls and returns the greedy reply."""
 VOTE_PRESETS = ("adaptive", "self-consistency")
 VOTE_TEMPERATURE = 0.3
 """Default sampling temperature of the vote presets. Measured on the bundled 0.5B model
 (GSM8K, README "Answer quality"): at 0.7 a sample was right less often than the greedy
-answer (20.7 % vs 27.6 %, 29 questions) and the adaptive vote of at most 3 samples lost
-to one greedy call (6/29 vs 8/29); at 0.3 a sample is about as good as the greedy answer
-(24.4 % vs 26.0 %, 100 questions) and the same vote equalled one call (26/100 vs 26/100;
-on MMLU 24/100 vs 23/100)."""
+answer (20.7 % vs 27.6 %, 29 questions); at 0.3 about as often (24.4 % vs 26.0 %, 100
+questions)."""
 MOA_TEMPERATURE = 0.7
 """Default sampling temperature of the MoA presets, as in both MoA papers."""
-GREEDY_FIRST = False
-"""Default of ``--greedy-first`` for the vote presets: whether the first call is greedy
-(temperature 0), its answer one vote that wins ties (README "Answer quality")."""
-"""What ``moa "question"`` runs with no ``--proposer``: the method that measured best
-per unit of cost on the bundled model (README, "Answer quality"): Adaptive-Consistency —
-samples of the one model drawn until their extracted final numbers agree
-(:class:`~langchain_moa.AdaptiveMajorityVote`, at most ``--samples`` calls; a question
-whose samples hold no number costs 2 calls and returns the first sample)."""
+GREEDY_FIRST = True
+"""Default of ``--greedy-first`` for the vote presets: the first call is greedy
+(temperature 0) and its answer one vote that wins ties. On GSM8K it kept the votes from
+losing questions one greedy call gets right (README "Answer quality")."""
+DEFAULT_SAMPLES = {"adaptive": 6, "self-consistency": 5}
+"""``--samples`` when not given, per preset; 3 for the others. ``adaptive``: at most 6 calls
+(with the greedy one, as the benchmark's ``greedy_adaptive``); ``self-consistency``: 5
+samples (+ the greedy call)."""
 
 ONE_MODEL_PRESETS = ("adaptive", "self-consistency", "self-moa")
 
@@ -107,7 +112,7 @@ class RunSettings:
     preset: str = "auto"
     proposers: list[str] = field(default_factory=list)
     aggregator: str | None = None
-    samples: int = 3
+    samples: int | None = None
     temperature: float | None = None
     max_tokens: int = 512
     aggregator_max_tokens: int | None = None
@@ -131,6 +136,12 @@ class RunSettings:
             return self.temperature
         return VOTE_TEMPERATURE if self.resolved_preset() in VOTE_PRESETS else MOA_TEMPERATURE
 
+    def resolved_samples(self) -> int:
+        """``--samples``, else :data:`DEFAULT_SAMPLES` for the preset (3 if not listed)."""
+        if self.samples is not None:
+            return self.samples
+        return DEFAULT_SAMPLES.get(self.resolved_preset(), 3)
+
     def resolved_greedy_first(self) -> bool:
         """``--greedy-first`` / ``--no-greedy-first``, else :data:`GREEDY_FIRST`."""
         return GREEDY_FIRST if self.greedy_first is None else self.greedy_first
@@ -141,7 +152,7 @@ def _check(settings: RunSettings) -> None:
         raise ConfigurationError(
             f"--preset must be one of {', '.join(PRESETS)}; got {settings.preset!r}"
         )
-    if settings.samples < 1 or settings.samples > 64:
+    if settings.samples is not None and not 1 <= settings.samples <= 64:
         raise ConfigurationError(f"--samples must be between 1 and 64, got {settings.samples}")
     if settings.temperature is not None and not 0 <= settings.temperature <= 2:
         raise ConfigurationError(
@@ -163,10 +174,15 @@ def _check(settings: RunSettings) -> None:
             f"--greedy-first / --no-greedy-first apply to the vote presets "
             f"({', '.join(VOTE_PRESETS)}), not to --preset {preset}"
         )
-    if settings.greedy_first and preset == "adaptive" and settings.samples < 2:
+    if (
+        settings.resolved_greedy_first()
+        and preset == "adaptive"
+        and settings.resolved_samples() < 2
+    ):
         raise ConfigurationError(
-            f"--samples must be at least 2 with --greedy-first (the greedy call counts as "
-            f"one), got {settings.samples}"
+            f"--samples must be at least 2 with --greedy-first (the default for the vote "
+            f"presets; the greedy call counts as one; --no-greedy-first turns it off), got "
+            f"{settings.resolved_samples()}"
         )
     if preset in ONE_MODEL_PRESETS and len(set(settings.proposers)) > 1:
         raise ConfigurationError(
@@ -229,7 +245,7 @@ def chosen_models(settings: RunSettings) -> tuple[list[str], str]:
     preset = settings.resolved_preset()
     base = settings.proposers or ["default" if settings.base_url is not None else default_model()]
     if preset in ONE_MODEL_PRESETS or not settings.proposers:
-        proposers = [base[0]] * settings.samples
+        proposers = [base[0]] * settings.resolved_samples()
     else:
         proposers = list(base)
     return proposers, settings.aggregator or base[0]

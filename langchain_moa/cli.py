@@ -2,7 +2,7 @@
 
 Examples::
 
-    moa "What is 17*23?"                       # adaptive majority vote, bundled local model
+    moa "What is 17*23?"                       # greedy call, then samples until they agree
     moa "Explain CRDTs" --stream                # print the aggregator's tokens as they come
     moa "..." -p openai/gpt-4o-mini -p groq/llama-3.1-8b-instant -a openai/gpt-4o
     moa --input questions.jsonl --output answers.jsonl   # batch; rerun to resume
@@ -12,8 +12,10 @@ Defaults: with no ``--proposer``, the model is the bundled
 ``local/qwen2.5-coder-0.5b`` when no provider key is set, else the cheap default of
 the first provider whose key is set (see :data:`langchain_moa._cli_config.HOSTED_DEFAULTS`;
 ``OPENAI_API_KEY`` -> ``openai/gpt-4o-mini``), run with the measured default
-(:data:`langchain_moa._cli_config.DEFAULT_PRESET`: Adaptive-Consistency — up to
-``--samples`` samples until their final numbers agree). ``--preset self-moa`` samples it
+(:data:`langchain_moa._cli_config.DEFAULT_PRESET`: Adaptive-Consistency with the greedy
+answer first — one greedy call, then samples at temperature 0.3 one at a time until the
+majority of their final numbers is settled, at most ``--samples`` (6) calls, ties to the
+greedy answer). ``--preset self-moa`` samples it
 ``--samples`` times and aggregates with itself (Self-MoA, Li et al. 2025).
 
 Exit codes: 0 success; 1 the run failed (every proposer failed, the aggregator
@@ -122,11 +124,15 @@ def main(
         typer.Option("--aggregator", "-a", help="The aggregator model (default: first proposer)."),
     ] = None,
     samples: Annotated[
-        int,
+        int | None,
         typer.Option(
-            "--samples", "-k", help="Samples of the one model (adaptive: at most this many)."
+            "--samples",
+            "-k",
+            help="Samples of the one model (adaptive: at most this many calls); default 6 "
+            "for adaptive, 5 for self-consistency, 3 for the other presets.",
+            show_default=False,
         ),
-    ] = 3,
+    ] = None,
     temperature: Annotated[
         float | None,
         typer.Option(

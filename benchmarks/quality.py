@@ -101,7 +101,7 @@ MMLU_PROMPT = (
     "Think briefly, then write the letter of the correct option on the last line, in the "
     "form:\nAnswer: <letter>"
 )
-SHARED = (
+FROM_STORED_CALLS = (
     "majority",
     "greedy_vote",
     "greedy_adaptive",
@@ -109,6 +109,10 @@ SHARED = (
     "majority3",
     "adaptive",
     "adaptive3",
+)
+"""The methods that only select among the stored calls (the greedy call and the samples)."""
+SHARED = (
+    *FROM_STORED_CALLS,
     "self_moa",
     "fusion",
     "rsa",
@@ -680,16 +684,8 @@ def _stats(
 def rescore(args: argparse.Namespace) -> int:
     """Re-extract every stored answer with the current extractors (no model call): texts
     are re-scored, the samples' answers recomputed, and the methods that only select among
-    the stored samples (majority, majority3, adaptive, adaptive3) run again on them."""
-    free = (
-        "majority",
-        "greedy_vote",
-        "greedy_adaptive",
-        "greedy_adaptive3",
-        "majority3",
-        "adaptive",
-        "adaptive3",
-    )
+    the stored calls (:data:`FROM_STORED_CALLS`) run again on them."""
+    free = FROM_STORED_CALLS
     for dataset in args.dataset:
         log = Path(args.out_dir) / f"quality_{dataset}.jsonl"
         if not log.exists():

@@ -448,24 +448,12 @@ class Planner:
                 t, factor = until, "cooldown"
             own = [(k, v) for k, v in (("rpm", d.rpm), ("tpm", d.tpm)) if v]
             keys = router_keys + [f"{k}:{name}" for k, _ in own]
-            tat = self.store.limits_peek(keys) if keys else None
-            if tat is not None:
+            slot = self.store.limits_peek(keys) if keys else None
+            if slot is not None:
                 # admissible this much before the slot (see _limits.tolerance)
-                tat -= min(tolerance(c) for c in self._costs(req, own))
-            if tat is not None and tat > t:
-                kinds = {k for k, _ in own} | {k.split(":")[0] for k in router_keys}
-                t, factor = (
-                    tat,
-                    "tpm"
-                    if kinds == {"tpm"}
-                    else "rpm"
-                    if kinds == {"rpm"}
-                    else (
-                        "tpm"
-                        if self.store.limits_peek([k for k in keys if k.startswith("tpm")]) == tat
-                        else "rpm"
-                    ),
-                )
+                early = slot - min(tolerance(c) for c in self._costs(req, own))
+                if early > t:
+                    t, factor = early, self._binding_kind(keys, slot)
             if router_full or (
                 d.max_concurrency is not None
                 and self.store.slot_count(f"inflight:{name}") >= d.max_concurrency
@@ -475,6 +463,15 @@ class Planner:
             if t < best:
                 best, best_name, best_factor = t, name, factor
         return best, best_name, best_factor
+
+    def _binding_kind(self, keys: list[str], slot: float) -> str:
+        """``"rpm"`` or ``"tpm"``: the kind of schedule among ``keys`` whose next slot is
+        ``slot`` (the latest of them)."""
+        kinds = {k.split(":", 1)[0] for k in keys}
+        if len(kinds) == 1:
+            return kinds.pop()
+        tpm = self.store.limits_peek([k for k in keys if k.startswith("tpm:")])
+        return "tpm" if tpm == slot else "rpm"
 
     def _free(self, req: Request, now: float) -> float:
         """How many requests ``req``'s deployments could admit right now (read, not

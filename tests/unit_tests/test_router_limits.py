@@ -331,8 +331,9 @@ class TestStreamsQueue:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(6) as pool:
-            texts = list(pool.map(lambda _: "".join(c.content for c in router.stream("q")),
-                                  range(6)))
+            texts = list(
+                pool.map(lambda _: "".join(c.content for c in router.stream("q")), range(6))
+            )
         assert texts == ["one two"] * 6
         assert router.stats()["a"]["queue_depth"] == 0
 
@@ -359,6 +360,19 @@ class TestVisibleQueues:
         done = router.stats()["a"]
         assert done["queue_depth"] == 0 and done["queued_requests"] >= 8
         assert done["queue_wait_p95_s"] >= 0.3
+
+    async def test_the_binding_schedule_is_the_factor_when_both_are_set(self) -> None:
+        # rpm is generous, tpm binds (each request reserves 100 prompt + 256 tokens)
+        llm = ScriptedChat(replies=["ok"])
+        router = ProviderRouter(
+            deployments=[Deployment(llm=llm, name="a", rpm=6000, tpm=2000)],
+            limit_window=1.0,
+            deadline=30.0,
+            token_counter=lambda messages: 100,
+        )
+        out = await asyncio.gather(*(router.ainvoke("q") for _ in range(6)))
+        q = [d["queue"] for d in _decisions(out)]
+        assert {x["limited_by"] for x in q if x["queued_s"] > 0} == {"tpm"}
 
     def test_cooldown_is_the_factor_when_health_blocks(self) -> None:
         llm = ScriptedChat(replies=[_rf.rate_limited(retry_after_ms="200"), "ok"])

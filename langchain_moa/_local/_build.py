@@ -259,10 +259,8 @@ def _configure_command(
     """The CMake configure command; writes :data:`_FAST_BUILD_CMAKE` into ``build_dir``."""
     project_include = build_dir / "langchain-moa-fast-build.cmake"
     project_include.write_text(_FAST_BUILD_CMAKE, encoding="utf-8")
-    return [
-        *(cmake, "-S", str(source), "-B", str(build_dir), *generator, *CMAKE_FLAGS),
-        f"-DCMAKE_PROJECT_INCLUDE={project_include}",
-    ]
+    command = [cmake, "-S", str(source), "-B", str(build_dir), *generator, *CMAKE_FLAGS]
+    return [*command, f"-DCMAKE_PROJECT_INCLUDE={project_include}"]
 
 
 def _build(dest: Path, *, jobs: int, progress: bool) -> None:

@@ -362,13 +362,15 @@ class TestVisibleQueues:
         assert done["queue_wait_p95_s"] >= 0.3
 
     async def test_the_binding_schedule_is_the_factor_when_both_are_set(self) -> None:
-        # rpm is generous, tpm binds (each request reserves 100 prompt + 256 tokens)
+        # rpm is generous, tpm binds: each request's 1,000 prompt tokens alone take a
+        # quarter of the 1 s window, so the requests after the first wait on tpm even
+        # after the reservation is settled to real usage
         llm = ScriptedChat(replies=["ok"])
         router = ProviderRouter(
-            deployments=[Deployment(llm=llm, name="a", rpm=6000, tpm=2000)],
+            deployments=[Deployment(llm=llm, name="a", rpm=6000, tpm=4000)],
             limit_window=1.0,
             deadline=30.0,
-            token_counter=lambda messages: 100,
+            token_counter=lambda messages: 1000,
         )
         out = await asyncio.gather(*(router.ainvoke("q") for _ in range(6)))
         q = [d["queue"] for d in _decisions(out)]

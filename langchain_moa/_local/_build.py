@@ -77,11 +77,14 @@ CMAKE_FLAGS: tuple[str, ...] = (
 _HOST_CODE_TARGETS = (
     "llama",
     "llama-common",
-    "mtmd",
     "server-context",
     "llama-server-impl",
     "llama-server",
-    "cpp-httplib",
+)
+_UNUSED_CODE_TARGETS = (
+    "mtmd",  # images and audio: linked into the server, never called (no --mmproj)
+    "cpp-httplib",  # sockets and HTTP parsing, once per request
+    "llama-ui",  # the web UI's bytes, turned off with --no-webui
 )
 _PER_TOKEN_SOURCES = (
     "src/llama-sampler.cpp",
@@ -92,19 +95,24 @@ _PER_TOKEN_SOURCES = (
 )
 _FAST_BUILD_CMAKE = f"""\
 # Injected with CMAKE_PROJECT_INCLUDE; a no-op on CMake < 3.19 (no cmake_language DEFER).
-# The server, HTTP, argument, chat-template and model-graph code runs once per request or
-# per batch, not per weight: compile it at -O1 (ggml's kernels keep -O3), and parse the
-# header shared by the ~150 model-architecture files once (a precompiled header).
+# The server, argument, chat-template and model-graph code runs once per request or per
+# batch, not per weight: compile it at -O1 (ggml's kernels keep -O3); code the server never
+# or rarely runs at -O0; and parse the header shared by the model-architecture files of
+# llama and of mtmd once per target (a precompiled header).
 include_guard(GLOBAL)
 if(CMAKE_VERSION VERSION_LESS 3.19)
   return()
 endif()
-function(_langchain_moa_fast_build)
-  foreach(target IN ITEMS {" ".join(_HOST_CODE_TARGETS)})
+function(_langchain_moa_set_level level)
+  foreach(target IN LISTS ARGN)
     if(TARGET ${{target}})
-      set_property(TARGET ${{target}} APPEND PROPERTY COMPILE_OPTIONS -O1)
+      set_property(TARGET ${{target}} APPEND PROPERTY COMPILE_OPTIONS ${{level}})
     endif()
   endforeach()
+endfunction()
+function(_langchain_moa_fast_build)
+  _langchain_moa_set_level(-O1 {" ".join(_HOST_CODE_TARGETS)})
+  _langchain_moa_set_level(-O0 {" ".join(_UNUSED_CODE_TARGETS)})
   # per-token loops over the vocabulary (sampling, grammar, logits, detokenising) keep -O3
   foreach(source IN ITEMS {" ".join(_PER_TOKEN_SOURCES)})
     if(EXISTS "${{CMAKE_SOURCE_DIR}}/${{source}}")
@@ -117,13 +125,30 @@ function(_langchain_moa_fast_build)
   if(TARGET llama AND EXISTS "${{CMAKE_SOURCE_DIR}}/src/models/models.h")
     target_precompile_headers(llama PRIVATE "${{CMAKE_SOURCE_DIR}}/src/models/models.h")
   endif()
+  # mtmd: only its models/ files take the header (mtmd-helper refuses internal headers)
+  if(TARGET mtmd AND EXISTS "${{CMAKE_SOURCE_DIR}}/tools/mtmd/models/models.h")
+    target_precompile_headers(mtmd PRIVATE "${{CMAKE_SOURCE_DIR}}/tools/mtmd/models/models.h")
+    get_target_property(sources mtmd SOURCES)
+    get_target_property(dir mtmd SOURCE_DIR)
+    foreach(source IN LISTS sources)
+      if(NOT IS_ABSOLUTE "${{source}}")
+        set(source "${{dir}}/${{source}}")
+      endif()
+      if(NOT source MATCHES "/models/")
+        set_source_files_properties("${{source}}" DIRECTORY "${{dir}}"
+          PROPERTIES SKIP_PRECOMPILE_HEADERS ON)
+      endif()
+    endforeach()
+  endif()
 endfunction()
 cmake_language(DEFER DIRECTORY "${{CMAKE_SOURCE_DIR}}" CALL _langchain_moa_fast_build)
 """
 """CMake code run after llama.cpp's own (a deferred call at the end of its top-level
-CMakeLists): -O1 for the host-side targets except the per-token sources, and a precompiled
-header for the model files. Measured on 2 idle cores: the whole build 764 s -> 495 s, decode
-and prompt tokens/s unchanged within noise (``benchmarks/local_engine.py --compare-binary``)."""
+CMakeLists): -O1 for the host-side targets except the per-token sources, -O0 for the
+targets the server never or rarely runs, and precompiled headers for the model files.
+Measured on 2 idle cores: the whole build 764 s (all -O3) -> 483 s (-O1 host code, llama's
+header precompiled) -> 438 s (this), decode and prompt tokens/s unchanged within noise
+(``benchmarks/local_engine.py --compare-binary``)."""
 
 
 def llama_cpp_source_dir() -> Path:
@@ -274,7 +299,7 @@ def _build(dest: Path, *, jobs: int, progress: bool) -> None:
     if progress:
         print(
             f"langchain-moa: building llama.cpp's llama-server from {SOURCE_DISTRIBUTION} "
-            f"{_source_version()} (once per machine; about 8 minutes on 2 idle cores); "
+            f"{_source_version()} (once per machine; about 7–8 minutes on 2 idle cores); "
             f"log: {log_path}",
             file=sys.stderr,
             flush=True,

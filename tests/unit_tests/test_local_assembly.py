@@ -462,9 +462,9 @@ def test_every_bundled_models_extra_exists_and_needs_no_normalisation():
 
 def test_the_build_keeps_o3_for_kernels_and_per_token_code(tmp_path: Path) -> None:
     """A real CMake configure of the installed llama.cpp sources with the package's flags:
-    the compile commands Ninja would run give -O1 (last, so it wins) to host-side code and
-    the precompiled header to the model files, and leave ggml's kernels and the per-token
-    sources at -O3."""
+    the compile commands Ninja would run give -O1 (last, so it wins) to host-side code, -O0
+    to code the server never runs, the precompiled headers to the model files of llama and
+    mtmd (not to mtmd-helper), and leave ggml's kernels and the per-token sources at -O3."""
     import subprocess
 
     from langchain_moa._local import _build
@@ -497,8 +497,13 @@ def test_the_build_keeps_o3_for_kernels_and_per_token_code(tmp_path: Path) -> No
 
     for host_code in ("src/models/qwen2.cpp", "src/llama-model.cpp", "common/arg.cpp"):
         assert last_level(flags_of(host_code)) == "-O1", host_code
-    assert any("cmake_pch" in f for f in flags_of("src/models/qwen2.cpp"))
+    for never_run in ("tools/mtmd/clip.cpp", "vendor/cpp-httplib/httplib.cpp"):
+        assert last_level(flags_of(never_run)) == "-O0", never_run
+    for model_file in ("src/models/qwen2.cpp", "tools/mtmd/models/qwen2vl.cpp"):
+        assert any("cmake_pch" in f for f in flags_of(model_file)), model_file
+    # mtmd-helper refuses to see mtmd's internal headers: it must not get mtmd's header
+    assert not any("cmake_pch" in f for f in flags_of("tools/mtmd/mtmd-helper.cpp"))
     for per_token in _build._PER_TOKEN_SOURCES:
         assert last_level(flags_of(per_token)) == "-O3", per_token
     for kernel in ("ggml/src/ggml-cpu/ops.cpp", "ggml/src/ggml-cpu/ggml-cpu.c"):
-        assert "-O1" not in flags_of(kernel), kernel
+        assert not {"-O0", "-O1"} & set(flags_of(kernel)), kernel

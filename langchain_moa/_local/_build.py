@@ -81,7 +81,7 @@ _HOST_CODE_TARGETS = (
     "llama-server-impl",
     "llama-server",
 )
-_UNUSED_CODE_TARGETS = (
+_RARELY_RUN_TARGETS = (
     "mtmd",  # images and audio: linked into the server, never called (no --mmproj)
     "cpp-httplib",  # sockets and HTTP parsing, once per request
     "llama-ui",  # the web UI's bytes, turned off with --no-webui
@@ -112,7 +112,7 @@ function(_langchain_moa_set_level level)
 endfunction()
 function(_langchain_moa_fast_build)
   _langchain_moa_set_level(-O1 {" ".join(_HOST_CODE_TARGETS)})
-  _langchain_moa_set_level(-O0 {" ".join(_UNUSED_CODE_TARGETS)})
+  _langchain_moa_set_level(-O0 {" ".join(_RARELY_RUN_TARGETS)})
   # per-token loops over the vocabulary (sampling, grammar, logits, detokenising) keep -O3
   foreach(source IN ITEMS {" ".join(_PER_TOKEN_SOURCES)})
     if(EXISTS "${{CMAKE_SOURCE_DIR}}/${{source}}")
@@ -147,7 +147,7 @@ cmake_language(DEFER DIRECTORY "${{CMAKE_SOURCE_DIR}}" CALL _langchain_moa_fast_
 CMakeLists): -O1 for the host-side targets except the per-token sources, -O0 for the
 targets the server never or rarely runs, and precompiled headers for the model files.
 Measured on 2 idle cores: the whole build 764 s (all -O3) -> 483 s (-O1 host code, llama's
-header precompiled) -> 438 s (this), decode and prompt tokens/s unchanged within noise
+header precompiled) -> 444 s (this), decode and prompt tokens/s unchanged within noise
 (``benchmarks/local_engine.py --compare-binary``)."""
 
 

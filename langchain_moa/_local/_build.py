@@ -146,9 +146,10 @@ cmake_language(DEFER DIRECTORY "${{CMAKE_SOURCE_DIR}}" CALL _langchain_moa_fast_
 """CMake code run after llama.cpp's own (a deferred call at the end of its top-level
 CMakeLists): -O1 for the host-side targets except the per-token sources, -O0 for the
 targets the server never or rarely runs, and precompiled headers for the model files.
-Measured on 2 idle cores: the whole build 764 s (all -O3) -> 483 s (-O1 host code, llama's
-header precompiled) -> 444 s (this), decode and prompt tokens/s unchanged within noise
-(``benchmarks/local_engine.py --compare-binary``)."""
+Measured on 2 cores with nothing else running, side by side in one slow period of the VM:
+the whole build 764 s (all -O3) -> 483 s (-O1 host code, llama's header precompiled) ->
+444 s (this; 224 s when the VM ran at full speed), decode and prompt tokens/s unchanged
+within noise (``benchmarks/local_engine.py --compare-binary``)."""
 
 
 def llama_cpp_source_dir() -> Path:
@@ -299,7 +300,7 @@ def _build(dest: Path, *, jobs: int, progress: bool) -> None:
     if progress:
         print(
             f"langchain-moa: building llama.cpp's llama-server from {SOURCE_DISTRIBUTION} "
-            f"{_source_version()} (once per machine; about 7–8 minutes on 2 idle cores); "
+            f"{_source_version()} (once per machine; 4 to 8 minutes on 2 idle cores); "
             f"log: {log_path}",
             file=sys.stderr,
             flush=True,

@@ -146,10 +146,10 @@ cmake_language(DEFER DIRECTORY "${{CMAKE_SOURCE_DIR}}" CALL _langchain_moa_fast_
 """CMake code run after llama.cpp's own (a deferred call at the end of its top-level
 CMakeLists): -O1 for the host-side targets except the per-token sources, -O0 for the
 targets the server never or rarely runs, and precompiled headers for the model files.
-Measured on 2 cores with nothing else running, side by side in one slow period of the VM:
-the whole build 764 s (all -O3) -> 483 s (-O1 host code, llama's header precompiled) ->
-444 s (this; 224 s when the VM ran at full speed), decode and prompt tokens/s unchanged
-within noise (``benchmarks/local_engine.py --compare-binary``)."""
+Measured on 2 cores with nothing else running: the whole build 764 s (all -O3, an earlier
+day) -> 483 s (-O1 host code, llama's header precompiled) -> 444 s (this), the last two in
+one slow period of the VM (this took 224 s when the VM ran at full speed); decode and
+prompt tokens/s unchanged within noise (``benchmarks/local_engine.py --compare-binary``)."""
 
 
 def llama_cpp_source_dir() -> Path:

@@ -474,9 +474,8 @@ class Runner:
                     _replay(state),
                     no_answer="first",
                     extract=extractor_for(self.dataset, q),
-                    max_samples={"adaptive": a.k, "greedy_adaptive": a.k + 1}.get(
-                        method, min(3, a.k + greedy)
-                    ),
+                    # the greedy call counts toward the cap; the "3" methods stop at 3 calls
+                    max_samples=min(3 if method.endswith("3") else a.k + 1, a.k + greedy),
                     temperature=None,
                     max_tokens=None,
                 )

@@ -9,20 +9,30 @@ function so it can serve as an MoA agent, or anywhere a LangChain chat model goe
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import os
 import threading
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
+    BaseCallbackManager,
     CallbackManagerForLLMRun,
 )
+from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, convert_to_openai_messages
+from langchain_core.messages import (
+    LC_ID_PREFIX,
+    AIMessage,
+    BaseMessage,
+    convert_to_openai_messages,
+)
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables.utils import coro_with_context
 
 __all__ = ["ClientChatModel", "ClientFunction"]
 
@@ -48,6 +58,11 @@ class ClientChatModel(BaseChatModel):
 
     The reply is an ``AIMessage`` with ``usage_metadata`` from the two token counts
     and ``response_metadata["model_name"] == model``.
+
+    MoA steps call the client directly, with no LangChain chat-model run, when no one
+    could see that run (:meth:`unobserved`): as mixture-llm does, at its cost per call.
+    A tracer, a usage or streaming handler, a cache or a rate limiter brings the
+    LangChain run back.
     """
 
     client: Callable[..., Any]
@@ -63,12 +78,68 @@ class ClientChatModel(BaseChatModel):
     def _identifying_params(self) -> dict[str, Any]:
         return {"model": self.model, "temperature": self.temperature}
 
-    def _arguments(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> tuple:
+    def _arguments(self, messages: list[dict[str, Any]], kwargs: dict[str, Any]) -> tuple:
         temp = kwargs.get("temperature", kwargs.get("temp", self.temperature))
         max_tokens = kwargs.get("max_tokens", self.max_tokens)
-        return (self.model, convert_to_openai_messages(messages), temp, max_tokens)
+        return (self.model, messages, temp, max_tokens)
 
-    def _result(self, reply: tuple[str, int, int]) -> ChatResult:
+    @property
+    def async_client(self) -> bool:
+        """True when the client is a coroutine function (or an object whose
+        ``__call__`` is one)."""
+        client = self.client
+        return inspect.iscoroutinefunction(client) or inspect.iscoroutinefunction(
+            type(client).__call__
+        )
+
+    def unobserved(self, callbacks: Any) -> bool:
+        """True when a call with ``callbacks`` may skip LangChain's chat-model run
+        and nobody could tell: ``callbacks`` is a configured callback manager (a
+        step's, after LangChain added the tracer, debug and hook handlers) whose
+        handlers all ignore chat-model and LLM events (a LangSmith tracer, a usage,
+        streaming or ``astream_events`` handler reads them), and the model has no
+        cache in effect (its own ``cache=`` or ``set_llm_cache``), no rate limiter,
+        no callbacks or ``verbose`` of its own, and v0 output."""
+        if not isinstance(callbacks, BaseCallbackManager):
+            return False
+        cached = self.cache is not False and (self.cache is not None or get_llm_cache() is not None)
+        if cached or self.rate_limiter is not None or self.callbacks or self.verbose:
+            return False
+        if self.output_version == "v1":
+            return False
+        return all(h.ignore_chat_model and h.ignore_llm for h in callbacks.handlers)
+
+    def call_client(self, messages: list[dict[str, Any]], **kwargs: Any) -> AIMessage:
+        """One call of the client with no LangChain run (see :meth:`unobserved`):
+        OpenAI-style ``messages`` in, the ``AIMessage`` ``invoke`` would return out
+        (its id shaped like LangChain's, ``lc_run--<uuid>-0``).
+
+        Raises:
+            TypeError: the client returned something other than a 3-tuple.
+        """
+        return self._reply(messages, kwargs, f"{LC_ID_PREFIX}-{uuid.uuid4()}-0")
+
+    async def acall_client(self, messages: list[dict[str, Any]], **kwargs: Any) -> AIMessage:
+        """Async :meth:`call_client`."""
+        return await self._areply(messages, kwargs, f"{LC_ID_PREFIX}-{uuid.uuid4()}-0")
+
+    def _reply(
+        self, messages: list[dict[str, Any]], kwargs: dict[str, Any], id: str | None
+    ) -> AIMessage:
+        reply = self.client(*self._arguments(messages, kwargs))
+        if inspect.isawaitable(reply):
+            reply = _run_coroutine(reply)
+        return self._message(reply, id)
+
+    async def _areply(
+        self, messages: list[dict[str, Any]], kwargs: dict[str, Any], id: str | None
+    ) -> AIMessage:
+        reply = self.client(*self._arguments(messages, kwargs))
+        if inspect.isawaitable(reply):
+            reply = await reply
+        return self._message(reply, id)
+
+    def _message(self, reply: tuple[str, int, int], id: str | None) -> AIMessage:
         if not isinstance(reply, (tuple, list)) or len(reply) != 3:
             raise TypeError(
                 f"the client function must return (text, input_tokens, output_tokens), "
@@ -80,12 +151,12 @@ class ClientChatModel(BaseChatModel):
             output_tokens=int(output_tokens),
             total_tokens=int(input_tokens) + int(output_tokens),
         )
-        message = AIMessage(
+        return AIMessage(
             content=text or "",
             usage_metadata=usage,
             response_metadata={"model_name": self.model},
+            id=id,
         )
-        return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _generate(
         self,
@@ -94,10 +165,9 @@ class ClientChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        reply = self.client(*self._arguments(messages, kwargs))
-        if inspect.isawaitable(reply):
-            reply = _run_coroutine(reply)
-        return self._result(reply)
+        # LangChain's run names the reply (lc_run--<run id>-0)
+        message = self._reply(convert_to_openai_messages(messages), kwargs, None)
+        return ChatResult(generations=[ChatGeneration(message=message)])
 
     async def _agenerate(
         self,
@@ -106,10 +176,20 @@ class ClientChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        reply = self.client(*self._arguments(messages, kwargs))
-        if inspect.isawaitable(reply):
-            reply = await reply
-        return self._result(reply)
+        message = await self._areply(convert_to_openai_messages(messages), kwargs, None)
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def run_in_background(make: Callable[[], Awaitable[Any]]) -> Any:
+    """Run the coroutine ``make()`` on the shared client loop (see
+    :func:`_run_coroutine`) in a copy of the caller's context (LangChain's run config,
+    tracing), and return its result."""
+    context = contextvars.copy_context()
+
+    async def in_context() -> Any:
+        return await coro_with_context(make(), context)
+
+    return _run_coroutine(in_context())
 
 
 def _run_coroutine(coro: Awaitable[Any]) -> Any:

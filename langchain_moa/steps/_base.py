@@ -42,6 +42,7 @@ from pydantic._internal._model_construction import ModelMetaclass
 from langchain_moa import _budget, pricing
 from langchain_moa._agents import Agent
 from langchain_moa._settings import DEFAULT, _Default, check_reachable, step_values
+from langchain_moa.client_model import ClientChatModel, run_in_background
 from langchain_moa.errors import ConfigurationError
 from langchain_moa.steps._threads import POOL_SIZE, map_bounded
 from langchain_moa.types import CallRecord, MoAState
@@ -589,9 +590,12 @@ class LLMStep(Step):
         started = time.perf_counter()
         try:
             target, kwargs = _unbind(runnable)
-            reply = target.invoke(
-                _model_input(target, job), self.call_config(job, config), **kwargs
-            )
+            if _unobserved_client(target, config):
+                reply = target.call_client(list(_openai_messages(job.messages)), **kwargs)
+            else:
+                reply = target.invoke(
+                    _model_input(target, job), self.call_config(job, config), **kwargs
+                )
         except Exception as exc:  # recorded, then judged by the step's quorum rule
             record = charge.settle(self.make_record(job, None, started, exc))
             return Result(job, record, exception=exc)
@@ -602,9 +606,12 @@ class LLMStep(Step):
         started = time.perf_counter()
         try:
             target, kwargs = _unbind(runnable)
-            reply = await target.ainvoke(
-                _model_input(target, job), self.call_config(job, config), **kwargs
-            )
+            if _unobserved_client(target, config):
+                reply = await target.acall_client(list(_openai_messages(job.messages)), **kwargs)
+            else:
+                reply = await target.ainvoke(
+                    _model_input(target, job), self.call_config(job, config), **kwargs
+                )
         except Exception as exc:
             record = charge.settle(self.make_record(job, None, started, exc))
             return Result(job, record, exception=exc)
@@ -625,10 +632,15 @@ class LLMStep(Step):
 
     def run_jobs(self, jobs: list[Job], report: StepReport, config: RunnableConfig) -> list[Result]:
         """Run ``jobs`` in parallel threads (at most ``max_concurrency`` at once;
-        :data:`DEFAULT_SYNC_WORKERS` when no ``max_concurrency`` is set).
+        :data:`DEFAULT_SYNC_WORKERS` when no ``max_concurrency`` is set). When every
+        call goes to an async client function and nobody observes the calls (see
+        :meth:`ClientChatModel.unobserved`), the jobs run as :meth:`arun_jobs` on the
+        shared client loop instead: one thread hop for the layer, no thread per call.
 
         Results come back in job order, whatever order the calls finish in.
         """
+        if len(jobs) > 1 and all(_on_client_loop(job, config) for job in jobs):
+            return run_in_background(lambda: self.arun_jobs(jobs, report, config))
 
         def one(job: Job) -> Result:
             result = self._call(job, job.runnable, config).or_fallback(
@@ -685,6 +697,23 @@ try:  # BaseChatModel.bind returns this RunnableBinding subclass (langchain-core
     _PLAIN_BINDINGS: tuple[type, ...] = (RunnableBinding, _ChatModelBinding)
 except ImportError:  # pragma: no cover - older langchain-core
     _PLAIN_BINDINGS = (RunnableBinding,)
+
+
+def _unobserved_client(target: Runnable, config: RunnableConfig) -> bool:
+    """True when the call may go straight to a client function: ``target`` is a
+    :class:`ClientChatModel` and no one would see its LangChain run."""
+    return isinstance(target, ClientChatModel) and target.unobserved(config.get("callbacks"))
+
+
+def _on_client_loop(job: Job, config: RunnableConfig) -> bool:
+    """True when each Runnable of ``job`` is an unobserved async client function."""
+    for runnable in (job.runnable, job.fallback):
+        if runnable is None:
+            continue
+        target = _unbind(runnable)[0]
+        if not (_unobserved_client(target, config) and target.async_client):
+            return False
+    return True
 
 
 def _unbind(runnable: Runnable) -> tuple[Runnable, dict[str, Any]]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
-    BaseCallbackManager,
+    BaseCallbackHandler,
     CallbackManagerForLLMRun,
 )
 from langchain_core.globals import get_llm_cache
@@ -92,22 +92,19 @@ class ClientChatModel(BaseChatModel):
             type(client).__call__
         )
 
-    def unobserved(self, callbacks: Any) -> bool:
-        """True when a call with ``callbacks`` may skip LangChain's chat-model run
-        and nobody could tell: ``callbacks`` is a configured callback manager (a
-        step's, after LangChain added the tracer, debug and hook handlers) whose
-        handlers all ignore chat-model and LLM events (a LangSmith tracer, a usage,
-        streaming or ``astream_events`` handler reads them), and the model has no
-        cache in effect (its own ``cache=`` or ``set_llm_cache``), no rate limiter,
-        no callbacks or ``verbose`` of its own, and v0 output."""
-        if not isinstance(callbacks, BaseCallbackManager):
-            return False
+    def unobserved(self, handlers: list[BaseCallbackHandler]) -> bool:
+        """True when a call whose LangChain run would get ``handlers`` may skip that
+        run and nobody could tell: none of the handlers reads chat-model or LLM events
+        (a LangSmith tracer, ``collect_runs``, a usage, streaming or ``astream_events``
+        handler does), and the model adds nothing of its own: no cache in effect (its
+        ``cache=`` or ``set_llm_cache``), no rate limiter, no callbacks, not
+        ``verbose``, v0 output."""
         cached = self.cache is not False and (self.cache is not None or get_llm_cache() is not None)
         if cached or self.rate_limiter is not None or self.callbacks or self.verbose:
             return False
         if self.output_version == "v1":
             return False
-        return all(h.ignore_chat_model and h.ignore_llm for h in callbacks.handlers)
+        return all(h.ignore_chat_model and h.ignore_llm for h in handlers)
 
     def call_client(self, messages: list[dict[str, Any]], **kwargs: Any) -> AIMessage:
         """One call of the client with no LangChain run (see :meth:`unobserved`):

@@ -12,7 +12,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from langchain_core.callbacks import dispatch_custom_event
+from langchain_core.callbacks import (
+    BaseCallbackHandler,
+    BaseCallbackManager,
+    dispatch_custom_event,
+)
 from langchain_core.callbacks.manager import (
     AsyncCallbackManager,
     CallbackManager,
@@ -585,12 +589,17 @@ class LLMStep(Step):
 
     # -- executing jobs --------------------------------------------------------
 
-    def _call(self, job: Job, runnable: Runnable, config: RunnableConfig) -> Result:
+    def _call(
+        self, job: Job, runnable: Runnable, config: RunnableConfig, handlers: _Handlers
+    ) -> Result:
+        """One call, recorded; ``handlers`` are those its LangChain run would get
+        (:func:`_call_handlers`): with none that observes it, a client function is
+        called directly."""
         charge = _budget.reserve(config, self, job)  # raises BudgetExceededError
         started = time.perf_counter()
         try:
             target, kwargs = _unbind(runnable)
-            if _unobserved_client(target, config):
+            if _unobserved_client(target, handlers):
                 reply = target.call_client(list(_openai_messages(job.messages)), **kwargs)
             else:
                 reply = target.invoke(
@@ -601,12 +610,15 @@ class LLMStep(Step):
             return Result(job, record, exception=exc)
         return Result(job, charge.settle(self.make_record(job, reply, started, None)), reply)
 
-    async def _acall(self, job: Job, runnable: Runnable, config: RunnableConfig) -> Result:
+    async def _acall(
+        self, job: Job, runnable: Runnable, config: RunnableConfig, handlers: _Handlers
+    ) -> Result:
+        """Async :meth:`_call`."""
         charge = _budget.reserve(config, self, job)  # raises BudgetExceededError
         started = time.perf_counter()
         try:
             target, kwargs = _unbind(runnable)
-            if _unobserved_client(target, config):
+            if _unobserved_client(target, handlers):
                 reply = await target.acall_client(list(_openai_messages(job.messages)), **kwargs)
             else:
                 reply = await target.ainvoke(
@@ -639,12 +651,13 @@ class LLMStep(Step):
 
         Results come back in job order, whatever order the calls finish in.
         """
-        if len(jobs) > 1 and all(_on_client_loop(job, config) for job in jobs):
+        handlers = _call_handlers(config)
+        if len(jobs) > 1 and all(_on_client_loop(job, handlers) for job in jobs):
             return run_in_background(lambda: self.arun_jobs(jobs, report, config))
 
         def one(job: Job) -> Result:
-            result = self._call(job, job.runnable, config).or_fallback(
-                lambda: self._call(job, job.fallback, config)
+            result = self._call(job, job.runnable, config, handlers).or_fallback(
+                lambda: self._call(job, job.fallback, config, handlers)
             )
             for record in result.records:
                 emit(config, CALL_EVENT, lambda record=record: record_dict(record))
@@ -664,11 +677,14 @@ class LLMStep(Step):
         """Async :meth:`run_jobs`: ``asyncio.gather`` bounded by a semaphore
         (``RunnableParallel.ainvoke`` would ignore ``max_concurrency``)."""
         limit = asyncio.Semaphore(self._concurrency(config, len(jobs)))
+        handlers = _call_handlers(config)
 
         async def one(job: Job) -> Result:
             async with limit:
-                first = await self._acall(job, job.runnable, config)
-                result = await first.or_afallback(lambda: self._acall(job, job.fallback, config))
+                first = await self._acall(job, job.runnable, config, handlers)
+                result = await first.or_afallback(
+                    lambda: self._acall(job, job.fallback, config, handlers)
+                )
             for record in result.records:
                 await aemit(config, CALL_EVENT, lambda record=record: record_dict(record))
             return result
@@ -699,19 +715,36 @@ except ImportError:  # pragma: no cover - older langchain-core
     _PLAIN_BINDINGS = (RunnableBinding,)
 
 
-def _unobserved_client(target: Runnable, config: RunnableConfig) -> bool:
+_Handlers = list[BaseCallbackHandler] | None
+
+
+def _call_handlers(config: RunnableConfig) -> _Handlers:
+    """The callback handlers a model call's LangChain run would get under the step's
+    ``config``: the step's inheritable ones plus what LangChain's ``configure`` adds
+    to every run (the env-enabled LangSmith tracer, the debug handler, configure
+    hooks such as ``collect_runs``). ``None`` when the config holds no callback
+    manager (a step called outside its own run)."""
+    callbacks = config.get("callbacks")
+    if not isinstance(callbacks, BaseCallbackManager):
+        return None
+    return CallbackManager.configure(callbacks).handlers
+
+
+def _unobserved_client(target: Runnable, handlers: _Handlers) -> bool:
     """True when the call may go straight to a client function: ``target`` is a
-    :class:`ClientChatModel` and no one would see its LangChain run."""
-    return isinstance(target, ClientChatModel) and target.unobserved(config.get("callbacks"))
+    :class:`ClientChatModel` and none of ``handlers`` would see its LangChain run."""
+    return (
+        handlers is not None and isinstance(target, ClientChatModel) and target.unobserved(handlers)
+    )
 
 
-def _on_client_loop(job: Job, config: RunnableConfig) -> bool:
+def _on_client_loop(job: Job, handlers: _Handlers) -> bool:
     """True when each Runnable of ``job`` is an unobserved async client function."""
     for runnable in (job.runnable, job.fallback):
         if runnable is None:
             continue
         target = _unbind(runnable)[0]
-        if not (_unobserved_client(target, config) and target.async_client):
+        if not (_unobserved_client(target, handlers) and target.async_client):
             return False
     return True
 

@@ -143,6 +143,21 @@ class Agent:
                 self._runnable = _resolve_string(self.spec)
             return self._runnable
 
+    def client_model(self, config: RunnableConfig | None = None) -> ClientChatModel | None:
+        """The :class:`ClientChatModel` this agent calls under ``config``, if it calls
+        one (a client function, or a model name served by one); nothing is resolved
+        or started to find out."""
+        if isinstance(self.spec, str):
+            served = self._client is not None or bool(
+                config and config.get("configurable", {}).get(CLIENT_CONFIG_KEY)
+            )
+            runnable = self.runnable(config) if served else None
+        else:
+            runnable = self._runnable
+        while isinstance(runnable, RunnableBinding):
+            runnable = runnable.bound
+        return runnable if isinstance(runnable, ClientChatModel) else None
+
     def configured(
         self,
         config: RunnableConfig | None,

@@ -36,6 +36,7 @@ from langchain_core.runnables.config import (
     ensure_config,
     get_async_callback_manager_for_config,
     get_callback_manager_for_config,
+    get_config_list,
     patch_config,
     set_config_context,
 )
@@ -476,6 +477,41 @@ class LLMStep(Step):
     def step_agents(self) -> list[Agent]:
         """The step's agents."""
         return []
+
+    def batch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """LangChain's ``batch`` (a thread per input, at most ``max_concurrency``);
+        when every agent is an async client function nobody observes (see
+        :meth:`ClientChatModel.unobserved`), the inputs run as ``abatch`` on the shared
+        client loop instead: one thread hop for the whole batch."""
+        configs = get_config_list(config, len(inputs))
+        if len(inputs) > 1 and self._async_clients_only(configs):
+            return run_in_background(
+                lambda: self.abatch(inputs, configs, return_exceptions=return_exceptions, **kwargs)
+            )
+        return super().batch(inputs, configs, return_exceptions=return_exceptions, **kwargs)
+
+    def _async_clients_only(self, configs: list[RunnableConfig]) -> bool:
+        agents = self.step_agents()
+        if not agents:
+            return False
+        for config in configs:
+            handlers = _call_handlers(config)
+            for agent in agents:
+                model = agent.client_model(config)
+                if (
+                    model is None
+                    or not model.async_client
+                    or not _unobserved_client(model, handlers)
+                ):
+                    return False
+        return True
 
     def get_graph(self, config: RunnableConfig | None = None) -> Any:
         """The step, then each of its agents (named as in the history), then its output."""

@@ -17,8 +17,14 @@ Workloads: Propose 6 -> Synthesize 6 -> Aggregate (13 calls); Propose with 50 an
 (layers x delay) and client CPU (process time, all threads) per model call; the
 median over the rounds.
 
+``--agents client`` (default) gives langchain-moa the client function, as mixture-llm
+users do (model-name strings served by ``client=``); ``--agents chat-model`` gives it
+LangChain chat models instead (a minimal ``BaseChatModel`` around the same client,
+also the floor's model), so every call is a LangChain run.
+
     pip install mixture-llm==0.1.3
     python benchmarks/moa_overhead.py --rounds 5
+    python benchmarks/moa_overhead.py --rounds 5 --agents chat-model
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mixture_llm as mx  # noqa: E402
+from langchain_core.language_models import BaseChatModel  # noqa: E402
+from langchain_core.messages import AIMessage, convert_to_openai_messages  # noqa: E402
+from langchain_core.outputs import ChatGeneration, ChatResult  # noqa: E402
 
 from langchain_moa import (  # noqa: E402
     Aggregate,
@@ -45,11 +54,46 @@ from langchain_moa import (  # noqa: E402
 )
 
 DELAY = 0.1
+AGENTS = "client"
 
 
 async def client(model: str, messages: list[dict], temp: float, max_tokens: int) -> tuple:
     await asyncio.sleep(DELAY)
     return f"an answer from {model}", 20, 5
+
+
+class PlainChatModel(BaseChatModel):
+    """A minimal LangChain chat model around :func:`client` (not a ClientChatModel)."""
+
+    model: str
+
+    @property
+    def _llm_type(self) -> str:
+        return "plain"
+
+    def _result(self, reply: tuple) -> ChatResult:
+        text, input_tokens, output_tokens = reply
+        usage = {
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+        }
+        return ChatResult(
+            generations=[ChatGeneration(message=AIMessage(text, usage_metadata=usage))]
+        )
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(DELAY)
+        return self._result((f"an answer from {self.model}", 20, 5))
+
+    async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs):  # type: ignore[no-untyped-def]
+        reply = await client(
+            self.model,
+            convert_to_openai_messages(messages),
+            kwargs.get("temperature", 0.7),
+            kwargs.get("max_tokens", 2048),
+        )
+        return self._result(reply)
 
 
 def workloads() -> dict[str, dict[str, Any]]:
@@ -62,14 +106,15 @@ def workloads() -> dict[str, dict[str, Any]]:
     }
 
 
-def moa_pipeline(layers: list[int]) -> Any:
-    names = [f"model-{i}" for i in range(max(layers))]
-    steps: list[Any] = [Propose(names[: layers[0]], client=client)]
+def moa_pipeline(layers: list[int], models: list[Any]) -> Any:
+    """``models``: the agents (model names served by ``client``, or chat models)."""
+    served = {"client": client} if AGENTS == "client" else {}
+    steps: list[Any] = [Propose(models[: layers[0]], **served)]
     for width in layers[1:]:
         if width == 1:
-            steps.append(Aggregate(names[0], client=client))
+            steps.append(Aggregate(models[0], **served))
         else:
-            steps.append(Synthesize(names[:width], client=client))
+            steps.append(Synthesize(models[:width], **served))
     out = steps[0]
     for step in steps[1:]:
         out = out | step
@@ -87,9 +132,14 @@ def mixture_pipeline(layers: list[int]) -> list[Any]:
 def cases(spec: dict[str, Any]) -> dict[str, Callable[[], Awaitable[Any]]]:
     queries = [f"question {i}" for i in range(spec["queries"])]
     layers = spec["layers"]
-    moa = moa_pipeline(layers)
+    names = [f"model-{i}" for i in range(max(layers))]
+    if AGENTS == "client":
+        models: list[Any] = [ClientChatModel(client=client, model=name) for name in names]
+        moa = moa_pipeline(layers, names)
+    else:
+        models = [PlainChatModel(model=name) for name in names]
+        moa = moa_pipeline(layers, models)
     mix = mixture_pipeline(layers)
-    models = [ClientChatModel(client=client, model=f"model-{i}") for i in range(max(layers))]
 
     async def floor() -> Any:
         async def one(q: str) -> Any:
@@ -132,7 +182,10 @@ async def measure(fn: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
 
 
 async def main(rounds: int) -> None:
-    print(f"delay {DELAY * 1000:.0f} ms per call, median of {rounds} interleaved rounds")
+    print(
+        f"delay {DELAY * 1000:.0f} ms per call, median of {rounds} interleaved rounds, "
+        f"langchain-moa agents: {AGENTS}"
+    )
     for name, spec in workloads().items():
         calls = spec["queries"] * sum(spec["layers"])
         critical = len(spec["layers"]) * DELAY
@@ -155,6 +208,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--delay", type=float, default=0.1, help="seconds per call")
+    parser.add_argument(
+        "--agents",
+        choices=["client", "chat-model"],
+        default="client",
+        help="what langchain-moa's agents are: model names served by the client "
+        "function (default), or LangChain chat models around it",
+    )
     args = parser.parse_args()
     DELAY = args.delay
+    AGENTS = args.agents
     asyncio.run(main(args.rounds))

@@ -37,7 +37,6 @@ from langchain_core.runnables.config import (
     get_async_callback_manager_for_config,
     get_callback_manager_for_config,
     get_config_list,
-    patch_config,
     set_config_context,
 )
 from langchain_core.runnables.utils import coro_with_context
@@ -210,9 +209,9 @@ class Step(RunnableSerializable[Any, Any], metaclass=_StepMeta):
             run_id=config.pop("run_id", None),
         )
         try:
-            step_config = patch_config(config, callbacks=run_manager.get_child())
+            step_config = _child_config(config, run_manager)
             with set_config_context(step_config) as context:
-                out = context.run(self._traced_run, input, step_config)
+                out = context.run(self._traced_run, input, step_config, run_manager.handlers)
         except BaseException as exc:
             run_manager.on_chain_error(exc)
             raise
@@ -229,17 +228,21 @@ class Step(RunnableSerializable[Any, Any], metaclass=_StepMeta):
             run_id=config.pop("run_id", None),
         )
         try:
-            step_config = patch_config(config, callbacks=run_manager.get_child())
+            step_config = _child_config(config, run_manager)
             with set_config_context(step_config) as context:
-                out = await coro_with_context(self._traced_arun(input, step_config), context)
+                out = await coro_with_context(
+                    self._traced_arun(input, step_config, run_manager.handlers), context
+                )
         except BaseException as exc:
             await run_manager.on_chain_error(exc)
             raise
         await run_manager.on_chain_end(out)
         return out
 
-    def _traced_run(self, input: Any, step_config: RunnableConfig) -> Any:
-        report = StepReport(self, to_state(input))
+    def _traced_run(
+        self, input: Any, step_config: RunnableConfig, handlers: list[BaseCallbackHandler]
+    ) -> Any:
+        report = StepReport(self, to_state(input), handlers)
         try:
             out = self._run(report, step_config)
         except BaseException as exc:
@@ -248,8 +251,10 @@ class Step(RunnableSerializable[Any, Any], metaclass=_StepMeta):
         emit(step_config, STEP_EVENT, lambda: report.record(out))
         return out
 
-    async def _traced_arun(self, input: Any, step_config: RunnableConfig) -> Any:
-        report = StepReport(self, to_state(input))
+    async def _traced_arun(
+        self, input: Any, step_config: RunnableConfig, handlers: list[BaseCallbackHandler]
+    ) -> Any:
+        report = StepReport(self, to_state(input), handlers)
         try:
             out = await self._arun(report, step_config)
         except BaseException as exc:
@@ -263,6 +268,14 @@ class Step(RunnableSerializable[Any, Any], metaclass=_StepMeta):
 
     async def _arun(self, report: StepReport, config: RunnableConfig) -> Any:
         return self._run(report, config)
+
+
+def _child_config(config: RunnableConfig, run_manager: Any) -> RunnableConfig:
+    """``patch_config(config, callbacks=run_manager.get_child())`` for an ensured
+    ``config`` (no second copy of it): the step's calls are children of its run."""
+    child: RunnableConfig = {**config, "callbacks": run_manager.get_child()}  # type: ignore[typeddict-item]
+    child.pop("run_name", None)  # named the step's own run only
+    return child
 
 
 def emit(config: RunnableConfig, name: str, data: Callable[[], Any]) -> None:
@@ -306,6 +319,10 @@ class StepReport:
 
     step: Step
     state: MoAState
+    handlers: list[BaseCallbackHandler] | None = None
+    """The handlers of the step's run (LangChain's ``configure`` added the tracer, debug
+    and configure-hook handlers to them): what each model call's run would get.
+    ``None`` when not known: every call is then a LangChain run."""
     calls: list[CallRecord] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
 
@@ -687,7 +704,7 @@ class LLMStep(Step):
 
         Results come back in job order, whatever order the calls finish in.
         """
-        handlers = _call_handlers(config)
+        handlers = report.handlers
         if len(jobs) > 1 and all(_on_client_loop(job, handlers) for job in jobs):
             return run_in_background(lambda: self.arun_jobs(jobs, report, config))
 
@@ -713,7 +730,7 @@ class LLMStep(Step):
         """Async :meth:`run_jobs`: ``asyncio.gather`` bounded by a semaphore
         (``RunnableParallel.ainvoke`` would ignore ``max_concurrency``)."""
         limit = asyncio.Semaphore(self._concurrency(config, len(jobs)))
-        handlers = _call_handlers(config)
+        handlers = report.handlers
 
         async def one(job: Job) -> Result:
             async with limit:
@@ -755,11 +772,10 @@ _Handlers = list[BaseCallbackHandler] | None
 
 
 def _call_handlers(config: RunnableConfig) -> _Handlers:
-    """The callback handlers a model call's LangChain run would get under the step's
-    ``config``: the step's inheritable ones plus what LangChain's ``configure`` adds
-    to every run (the env-enabled LangSmith tracer, the debug handler, configure
-    hooks such as ``collect_runs``). ``None`` when the config holds no callback
-    manager (a step called outside its own run)."""
+    """The callback handlers a run started under ``config`` would get: its
+    inheritable ones plus what LangChain's ``configure`` adds to every run (the
+    env-enabled LangSmith tracer, the debug handler, configure hooks such as
+    ``collect_runs``). ``None`` when the config holds no callback manager."""
     callbacks = config.get("callbacks")
     if not isinstance(callbacks, BaseCallbackManager):
         return None

@@ -412,7 +412,8 @@ DEFAULT_SYNC_WORKERS = POOL_SIZE
 """Threads a sync fan-out (``invoke``) uses at most when neither the step nor the run
 config sets ``max_concurrency`` (64, from the process-wide pool of
 :mod:`langchain_moa.steps._threads`); ``ainvoke`` runs every call at once on the
-event loop."""
+event loop, and so does a sync fan-out whose calls all go to unobserved async client
+functions (on the shared client loop, see :meth:`LLMStep.run_jobs`)."""
 
 
 class LLMStep(Step):

@@ -7,7 +7,9 @@ A sync step (``invoke``, ``batch``) runs its calls on a process-wide pool of
 the step's next job until none is left. Two cases get a private pool instead, sized to
 ``workers``: a fan-out started *from* a pool thread (an agent that is itself a sync
 MoA pipeline), so nested fan-outs never wait for threads their parents hold, and a
-step whose ``max_concurrency`` asks for more threads than the pool has.
+step whose ``max_concurrency`` asks for more threads than the pool has. A layer whose
+calls all go to async client functions nobody observes takes no thread of the pool: it
+runs on the shared client loop (:func:`langchain_moa.client_model.run_in_background`).
 """
 
 from __future__ import annotations

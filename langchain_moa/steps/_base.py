@@ -646,9 +646,9 @@ class LLMStep(Step):
     def _call(
         self, job: Job, runnable: Runnable, config: RunnableConfig, handlers: _Handlers
     ) -> Result:
-        """One call, recorded; ``handlers`` are those its LangChain run would get
-        (:func:`_call_handlers`): with none that observes it, a client function is
-        called directly."""
+        """One call, recorded. ``handlers`` are those its LangChain run would get (the
+        step run's, :attr:`StepReport.handlers`): when none of them observes it, a
+        client function is called directly."""
         charge = _budget.reserve(config, self, job)  # raises BudgetExceededError
         started = time.perf_counter()
         try:

@@ -98,7 +98,10 @@ class ClientChatModel(BaseChatModel):
         (a LangSmith tracer, ``collect_runs``, a usage, streaming or ``astream_events``
         handler does), and the model adds nothing of its own: no cache in effect (its
         ``cache=`` or ``set_llm_cache``), no rate limiter, no callbacks, not
-        ``verbose``, v0 output."""
+        ``verbose``, v0 output, and not a subclass (which may change what a call
+        does)."""
+        if type(self) is not ClientChatModel:
+            return False
         cached = self.cache is not False and (self.cache is not None or get_llm_cache() is not None)
         if cached or self.rate_limiter is not None or self.callbacks or self.verbose:
             return False

@@ -241,3 +241,25 @@ async def test_astream_events_shows_every_client_call() -> None:
     events = [e async for e in pipeline(client).astream_events("q", version="v2")]
     ends = [e["name"] for e in events if e["event"] == "on_chat_model_end"]
     assert sorted(ends) == EXPECTED_RUNS
+
+
+def test_a_subclass_keeps_the_langchain_run() -> None:
+    """A subclass may change what a call does (here: its _agenerate), so its calls are
+    LangChain runs even when nobody observes them."""
+    from langchain_core.outputs import ChatResult
+
+    from langchain_moa import ClientChatModel
+
+    class Shouting(ClientChatModel):
+        async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:  # type: ignore[no-untyped-def]
+            result = await super()._agenerate(messages, stop, run_manager, **kwargs)
+            message = result.generations[0].message
+            message.content = message.content.upper()
+            return result
+
+    client = Client()
+    history = MoAHistoryHandler()
+    agent = Shouting(client=client, model="m")
+    out = asyncio.run(Propose([agent, agent]).ainvoke("q", {"callbacks": [history]}))
+    assert out.texts == ["M ON 'Q'", "M ON 'Q'"]
+    assert [c.output for c in history.calls] == ["M ON 'Q'", "M ON 'Q'"]

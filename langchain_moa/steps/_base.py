@@ -743,7 +743,10 @@ class LLMStep(Step):
                 await aemit(config, CALL_EVENT, lambda record=record: record_dict(record))
             return result
 
-        results = list(await asyncio.gather(*(one(j) for j in jobs)))
+        if len(jobs) == 1:  # no task to gather (an aggregator, a judge)
+            results = [await one(jobs[0])]
+        else:
+            results = list(await asyncio.gather(*(one(j) for j in jobs)))
         report.calls.extend(record for result in results for record in result.records)
         return results
 

@@ -14,7 +14,6 @@ from typing import Any, ClassVar
 
 from langchain_core.callbacks import (
     BaseCallbackHandler,
-    BaseCallbackManager,
     dispatch_custom_event,
 )
 from langchain_core.callbacks.manager import (
@@ -775,15 +774,11 @@ except ImportError:  # pragma: no cover - older langchain-core
 _Handlers = list[BaseCallbackHandler] | None
 
 
-def _call_handlers(config: RunnableConfig) -> _Handlers:
-    """The callback handlers a run started under ``config`` would get: its
-    inheritable ones plus what LangChain's ``configure`` adds to every run (the
-    env-enabled LangSmith tracer, the debug handler, configure hooks such as
-    ``collect_runs``). ``None`` when the config holds no callback manager."""
-    callbacks = config.get("callbacks")
-    if not isinstance(callbacks, BaseCallbackManager):
-        return None
-    return CallbackManager.configure(callbacks).handlers
+def _call_handlers(config: RunnableConfig) -> list[BaseCallbackHandler]:
+    """The callback handlers a run started under ``config`` would get: the config's
+    callbacks plus what LangChain's ``configure`` adds to every run (the env-enabled
+    LangSmith tracer, the debug handler, configure hooks such as ``collect_runs``)."""
+    return CallbackManager.configure(config.get("callbacks")).handlers
 
 
 def _unobserved_client(target: Runnable, handlers: _Handlers) -> bool:

@@ -116,6 +116,17 @@ def test_a_sync_batch_of_async_clients_runs_at_once_on_the_client_loop() -> None
     assert len(history.calls) == inputs * 3
 
 
+def test_a_step_batched_on_its_own_with_a_history_runs_on_the_client_loop() -> None:
+    client = Client(barrier=12 * 2)
+    history = MoAHistoryHandler()
+    outs = Propose(["m0", "m1"], client=client).batch(
+        [f"q{i}" for i in range(12)], {"callbacks": [history]}
+    )
+    assert [len(o.candidates) for o in outs] == [2] * 12
+    assert client.peak == 24
+    assert len(history.calls) == 24
+
+
 def test_max_concurrency_bounds_a_sync_batch_of_async_clients() -> None:
     client = Client()
     moa = Propose(["m0", "m1"], client=client)

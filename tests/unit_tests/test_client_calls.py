@@ -274,3 +274,32 @@ def test_a_subclass_keeps_the_langchain_run() -> None:
     out = asyncio.run(Propose([agent, agent]).ainvoke("q", {"callbacks": [history]}))
     assert out.texts == ["M ON 'Q'", "M ON 'Q'"]
     assert [c.output for c in history.calls] == ["M ON 'Q'", "M ON 'Q'"]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_rate_limiter_keeps_the_langchain_run(mode) -> None:
+    """LangChain applies a chat model's rate_limiter in its run: every call still
+    acquires it."""
+    from langchain_core.rate_limiters import BaseRateLimiter
+
+    from langchain_moa import ClientChatModel
+
+    class Counting(BaseRateLimiter):
+        def __init__(self) -> None:
+            self.acquired = 0
+
+        def acquire(self, *, blocking: bool = True) -> bool:
+            self.acquired += 1
+            return True
+
+        async def aacquire(self, *, blocking: bool = True) -> bool:
+            self.acquired += 1
+            return True
+
+    limiter = Counting()
+    agent = ClientChatModel(client=Client(), model="m", rate_limiter=limiter)
+    step = Propose([agent] * 3)
+    config = {"callbacks": [MoAHistoryHandler()]}
+    out = step.invoke("q", config) if mode == "sync" else asyncio.run(step.ainvoke("q", config))
+    assert len(out.candidates) == 3
+    assert limiter.acquired == 3

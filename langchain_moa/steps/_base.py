@@ -520,14 +520,8 @@ class LLMStep(Step):
             return False
         for config in configs:
             handlers = _call_handlers(config)
-            for agent in agents:
-                model = agent.client_model(config)
-                if (
-                    model is None
-                    or not model.async_client
-                    or not _unobserved_client(model, handlers)
-                ):
-                    return False
+            if not all(_loop_client(agent.client_model(config), handlers) for agent in agents):
+                return False
         return True
 
     def get_graph(self, config: RunnableConfig | None = None) -> Any:
@@ -781,7 +775,7 @@ def _call_handlers(config: RunnableConfig) -> list[BaseCallbackHandler]:
     return CallbackManager.configure(config.get("callbacks")).handlers
 
 
-def _unobserved_client(target: Runnable, handlers: _Handlers) -> bool:
+def _unobserved_client(target: Runnable | None, handlers: _Handlers) -> bool:
     """True when the call may go straight to a client function: ``target`` is a
     :class:`ClientChatModel` and none of ``handlers`` would see its LangChain run."""
     return (
@@ -789,15 +783,16 @@ def _unobserved_client(target: Runnable, handlers: _Handlers) -> bool:
     )
 
 
+def _loop_client(target: Runnable | None, handlers: _Handlers) -> bool:
+    """True when ``target`` is an async client function nobody observes: its calls
+    can run on the shared client loop."""
+    return _unobserved_client(target, handlers) and target.async_client  # type: ignore[union-attr]
+
+
 def _on_client_loop(job: Job, handlers: _Handlers) -> bool:
     """True when each Runnable of ``job`` is an unobserved async client function."""
-    for runnable in (job.runnable, job.fallback):
-        if runnable is None:
-            continue
-        target = _unbind(runnable)[0]
-        if not (_unobserved_client(target, handlers) and target.async_client):
-            return False
-    return True
+    runnables = [r for r in (job.runnable, job.fallback) if r is not None]
+    return all(_loop_client(_unbind(r)[0], handlers) for r in runnables)
 
 
 def _unbind(runnable: Runnable) -> tuple[Runnable, dict[str, Any]]:

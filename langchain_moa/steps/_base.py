@@ -495,6 +495,13 @@ class LLMStep(Step):
         """The step's agents."""
         return []
 
+    def _settings(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(self._forced, self._fallback)``, read from pydantic's private storage
+        directly: ``self._forced`` goes through pydantic's ``__getattr__``, which raises
+        and catches an ``AttributeError`` on every read (about 4 us here, per call)."""
+        private = self.__pydantic_private__
+        return private["_forced"], private["_fallback"]
+
     def batch(
         self,
         inputs: list[Any],
@@ -549,7 +556,8 @@ class LLMStep(Step):
     ) -> Job:
         """One call: ``agent`` with the step's settings applied; ``sample`` (its
         position in the step) keeps its cache entries apart from the other calls'."""
-        runnable = agent.configured(config, self._forced, self._fallback, sample)
+        forced, fallback = self._settings()
+        runnable = agent.configured(config, forced, fallback, sample)
         return Job(agent, agent_index, messages, runnable, layer)
 
     def call_config(self, job: Job, config: RunnableConfig) -> RunnableConfig:

@@ -109,7 +109,7 @@ class _Judge(SingleAgentStep):
         messages = judge_messages(
             state.messages, self.prompt or self.instruction, state.texts, self.json_hint
         )
-        plain = self.agent.configured(config, self._forced, self._fallback)
+        plain = self.agent.configured(config, *self._settings())
         use_native = self.structured == "native" or (
             self.structured == "auto" and not self.agent.structured_output_failed
         )

@@ -57,9 +57,14 @@ DELAY = 0.1
 AGENTS = "client"
 
 
+def reply(model: str) -> tuple[str, int, int]:
+    """Every call's answer: ``(text, input_tokens, output_tokens)``."""
+    return f"an answer from {model}", 20, 5
+
+
 async def client(model: str, messages: list[dict], temp: float, max_tokens: int) -> tuple:
     await asyncio.sleep(DELAY)
-    return f"an answer from {model}", 20, 5
+    return reply(model)
 
 
 class PlainChatModel(BaseChatModel):
@@ -71,8 +76,8 @@ class PlainChatModel(BaseChatModel):
     def _llm_type(self) -> str:
         return "plain"
 
-    def _result(self, reply: tuple) -> ChatResult:
-        text, input_tokens, output_tokens = reply
+    def _result(self, answer: tuple) -> ChatResult:
+        text, input_tokens, output_tokens = answer
         usage = {
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
@@ -84,16 +89,16 @@ class PlainChatModel(BaseChatModel):
 
     def _generate(self, messages, stop=None, run_manager=None, **kwargs):  # type: ignore[no-untyped-def]
         time.sleep(DELAY)
-        return self._result((f"an answer from {self.model}", 20, 5))
+        return self._result(reply(self.model))
 
     async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs):  # type: ignore[no-untyped-def]
-        reply = await client(
+        answer = await client(
             self.model,
             convert_to_openai_messages(messages),
             kwargs.get("temperature", 0.7),
             kwargs.get("max_tokens", 2048),
         )
-        return self._result(reply)
+        return self._result(answer)
 
 
 def workloads() -> dict[str, dict[str, Any]]:
@@ -133,10 +138,10 @@ def cases(spec: dict[str, Any]) -> dict[str, Callable[[], Awaitable[Any]]]:
     queries = [f"question {i}" for i in range(spec["queries"])]
     layers = spec["layers"]
     names = [f"model-{i}" for i in range(max(layers))]
-    if AGENTS == "client":
+    if AGENTS == "client":  # the floor's models; langchain-moa gets the names
         models: list[Any] = [ClientChatModel(client=client, model=name) for name in names]
         moa = moa_pipeline(layers, names)
-    else:
+    else:  # both get the same chat models
         models = [PlainChatModel(model=name) for name in names]
         moa = moa_pipeline(layers, models)
     mix = mixture_pipeline(layers)

@@ -34,10 +34,12 @@ RECORD_FIELDS = (
 
 class Client:
     """A mixture-llm style async client; ``barrier`` calls wait until that many are
-    in flight at once (so a bound below it never finishes: the wait times out)."""
+    in flight at once (so a bound below it never finishes: the wait times out), other
+    calls stay in flight ``hold`` seconds."""
 
-    def __init__(self, barrier: int = 0) -> None:
+    def __init__(self, barrier: int = 0, hold: float = 0.0) -> None:
         self.barrier = barrier
+        self.hold = hold
         self.calls: list[tuple[Any, ...]] = []
         self.threads: set[str] = set()
         self.in_flight = 0
@@ -56,7 +58,7 @@ class Client:
                 self._all_in.set()
             await asyncio.wait_for(self._all_in.wait(), timeout=10)
         else:
-            await asyncio.sleep(0)
+            await asyncio.sleep(self.hold)
         self.in_flight -= 1
         return f"{model} on {messages[-1]['content'][:12]!r}", 11, 4
 
@@ -128,7 +130,7 @@ def test_a_step_batched_on_its_own_with_a_history_runs_on_the_client_loop() -> N
 
 
 def test_max_concurrency_bounds_a_sync_batch_of_async_clients() -> None:
-    client = Client()
+    client = Client(hold=0.01)
     moa = Propose(["m0", "m1"], client=client)
     outs = moa.batch([f"q{i}" for i in range(12)], {"max_concurrency": 3})
     assert [len(o.candidates) for o in outs] == [2] * 12
@@ -136,14 +138,8 @@ def test_max_concurrency_bounds_a_sync_batch_of_async_clients() -> None:
 
 
 def test_max_concurrency_still_bounds_a_sync_layer_of_async_clients() -> None:
-    client = Client()
-
-    async def slow(model: str, messages: list[dict], temp: float, max_tokens: int):
-        result = await client(model, messages, temp, max_tokens)
-        await asyncio.sleep(0.01)
-        return result
-
-    out = Propose(["m"] * 20, client=slow, max_concurrency=5).invoke("q")
+    client = Client(hold=0.01)
+    out = Propose(["m"] * 20, client=client, max_concurrency=5).invoke("q")
     assert len(out.candidates) == 20
     assert len(client.calls) == 20
     assert client.peak <= 5

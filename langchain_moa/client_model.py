@@ -119,9 +119,9 @@ class ClientChatModel(BaseChatModel):
         """
         return self._reply(messages, kwargs, f"{LC_ID_PREFIX}-{uuid.uuid4()}-0")
 
-    async def acall_client(self, messages: list[dict[str, Any]], **kwargs: Any) -> AIMessage:
-        """Async :meth:`call_client`."""
-        return await self._areply(messages, kwargs, f"{LC_ID_PREFIX}-{uuid.uuid4()}-0")
+    def acall_client(self, messages: list[dict[str, Any]], **kwargs: Any) -> Awaitable[AIMessage]:
+        """Async :meth:`call_client` (the coroutine of the call, one frame less)."""
+        return self._areply(messages, kwargs, f"{LC_ID_PREFIX}-{uuid.uuid4()}-0")
 
     def _reply(
         self, messages: list[dict[str, Any]], kwargs: dict[str, Any], id: str | None

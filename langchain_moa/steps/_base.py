@@ -11,14 +11,18 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+from uuid import UUID
 
 from langchain_core.callbacks import (
     BaseCallbackHandler,
     dispatch_custom_event,
 )
+from langchain_core.callbacks.base import BaseCallbackManager
 from langchain_core.callbacks.manager import (
     AsyncCallbackManager,
+    AsyncCallbackManagerForChainRun,
     CallbackManager,
+    CallbackManagerForChainRun,
     adispatch_custom_event,
 )
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
@@ -39,6 +43,7 @@ from langchain_core.runnables.config import (
     set_config_context,
 )
 from langchain_core.runnables.utils import coro_with_context
+from langchain_core.utils.uuid import uuid7
 from pydantic import ConfigDict, PrivateAttr
 from pydantic._internal._model_construction import ModelMetaclass
 
@@ -51,7 +56,8 @@ from langchain_moa.steps._threads import POOL_SIZE, map_bounded
 from langchain_moa.types import CallRecord, MoAState
 
 STEP_EVENT = "moa_step"
-"""Custom event dispatched when a step ends (data: a :class:`StepRecord`-shaped dict)."""
+"""Custom event dispatched when a step ends (data: a :class:`StepRecord`-shaped dict
+whose ``calls`` are the step's :class:`CallRecord` objects)."""
 CALL_EVENT = "moa_call"
 """Custom event dispatched after each model call (data: a :class:`CallRecord` dict)."""
 
@@ -196,17 +202,20 @@ class Step(RunnableSerializable[Any, Any], metaclass=_StepMeta):
 
     # LangChain's _call_with_config would inspect the signature of the traced function
     # on every run; these do the same (one chain run, its child config, the context)
-    # with no inspection.
+    # with no inspection. A run no handler reads chain events of is silent (see
+    # _SilentChainRun): nothing is dispatched for its start and end.
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         config = ensure_config(config)
-        run_manager = get_callback_manager_for_config(config).on_chain_start(
-            None,
-            input,
-            run_type="chain",
-            name=config.get("run_name") or self.get_name(),
-            run_id=config.pop("run_id", None),
-        )
+        manager = get_callback_manager_for_config(config)
+        run_id = config.pop("run_id", None)
+        if _watches_chains(manager.handlers):
+            name = config.get("run_name") or self.get_name()
+            run_manager = manager.on_chain_start(
+                None, input, run_type="chain", name=name, run_id=run_id
+            )
+        else:
+            run_manager = _SilentChainRun.of(manager, run_id)
         try:
             step_config = _child_config(config, run_manager)
             with set_config_context(step_config) as context:
@@ -219,13 +228,15 @@ class Step(RunnableSerializable[Any, Any], metaclass=_StepMeta):
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         config = ensure_config(config)
-        run_manager = await get_async_callback_manager_for_config(config).on_chain_start(
-            None,
-            input,
-            run_type="chain",
-            name=config.get("run_name") or self.get_name(),
-            run_id=config.pop("run_id", None),
-        )
+        manager = get_async_callback_manager_for_config(config)
+        run_id = config.pop("run_id", None)
+        if _watches_chains(manager.handlers):
+            name = config.get("run_name") or self.get_name()
+            run_manager = await manager.on_chain_start(
+                None, input, run_type="chain", name=name, run_id=run_id
+            )
+        else:
+            run_manager = _AsyncSilentChainRun.of(manager, run_id)
         try:
             step_config = _child_config(config, run_manager)
             with set_config_context(step_config) as context:
@@ -267,6 +278,50 @@ class Step(RunnableSerializable[Any, Any], metaclass=_StepMeta):
 
     async def _arun(self, report: StepReport, config: RunnableConfig) -> Any:
         return self._run(report, config)
+
+
+def _watches_chains(handlers: list[BaseCallbackHandler]) -> bool:
+    """True when a handler reads chain events (``ignore_chain`` false): a tracer,
+    ``collect_runs``, ``astream_events``, LangGraph's streaming, most user handlers."""
+    return any(not handler.ignore_chain for handler in handlers)
+
+
+class _SilentChainRun(CallbackManagerForChainRun):
+    """The run manager of a step run no handler reads chain events of: what
+    ``on_chain_start`` returns (a run id, the handlers, tags and metadata its child
+    runs and custom events inherit), with nothing dispatched for its start, end or
+    error — each handler would skip them (``ignore_chain``)."""
+
+    @classmethod
+    def of(cls, manager: BaseCallbackManager, run_id: UUID | None) -> Any:
+        return cls(
+            run_id=run_id or uuid7(),
+            handlers=manager.handlers,
+            inheritable_handlers=manager.inheritable_handlers,
+            parent_run_id=manager.parent_run_id,
+            tags=manager.tags,
+            inheritable_tags=manager.inheritable_tags,
+            metadata=manager.metadata,
+            inheritable_metadata=manager.inheritable_metadata,
+        )
+
+    def on_chain_end(self, outputs: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_chain_error(self, error: BaseException, **kwargs: Any) -> None:
+        pass
+
+
+class _AsyncSilentChainRun(AsyncCallbackManagerForChainRun):
+    """Async :class:`_SilentChainRun`."""
+
+    of = classmethod(_SilentChainRun.of.__func__)  # type: ignore[attr-defined]
+
+    async def on_chain_end(self, outputs: Any, **kwargs: Any) -> None:
+        pass
+
+    async def on_chain_error(self, error: BaseException, **kwargs: Any) -> None:
+        pass
 
 
 def _child_config(config: RunnableConfig, run_manager: Any) -> RunnableConfig:
@@ -338,7 +393,7 @@ class StepReport:
             "layer": out.layer if isinstance(out, MoAState) else self.state.layer + 1,
             "inputs": self.state.texts,
             "outputs": outputs,
-            "calls": [record_dict(c) for c in self.calls],
+            "calls": list(self.calls),
             "time_s": time.perf_counter() - self.started,
             "error": None if error is None else _describe(error),
         }
@@ -609,7 +664,7 @@ class LLMStep(Step):
             agent_index=job.agent_index,
             model=job.agent.name,
             response_model=response_model,
-            messages=list(_openai_messages(job.messages)),
+            messages=_openai_messages(job.messages),  # copied by validation
             output=text if error is None else None,
             input_tokens=input_tokens,
             output_tokens=output_tokens,

@@ -15,7 +15,7 @@ import os
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
@@ -34,7 +34,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables.utils import coro_with_context
 
-__all__ = ["ClientChatModel", "ClientFunction"]
+__all__ = ["ClientChatModel", "ClientFunction", "ClientReply"]
 
 ClientFunction = Callable[
     [str, list[dict[str, Any]], float, int],
@@ -42,6 +42,32 @@ ClientFunction = Callable[
 ]
 """``(model, messages, temp, max_tokens) -> (text, input_tokens, output_tokens)``,
 async or plain."""
+
+
+class ClientReply(NamedTuple):
+    """A client function's reply before any ``AIMessage`` is built: what the MoA steps
+    read of a reply (``text``, ``usage_metadata``, ``response_metadata``,
+    ``tool_calls``, as on an ``AIMessage``). :meth:`message` builds the message."""
+
+    text: str
+    usage_metadata: UsageMetadata
+    response_metadata: dict[str, Any]
+    tool_calls: tuple[()] = ()
+
+    def message(self, id: str | None = None) -> AIMessage:
+        """The reply as an ``AIMessage`` with ``id`` (see :func:`run_message_id`)."""
+        return AIMessage(
+            content=self.text,
+            usage_metadata=self.usage_metadata,
+            response_metadata=self.response_metadata,
+            id=id,
+        )
+
+
+def run_message_id() -> str:
+    """A message id shaped like those LangChain gives a run's reply
+    (``lc_run--<uuid>-0``), for a reply made with no LangChain run."""
+    return f"{LC_ID_PREFIX}-{uuid.uuid4()}-0"
 
 
 class ClientChatModel(BaseChatModel):
@@ -117,29 +143,28 @@ class ClientChatModel(BaseChatModel):
         Raises:
             TypeError: the client returned something other than a 3-tuple.
         """
-        return self._reply(messages, kwargs, f"{LC_ID_PREFIX}-{uuid.uuid4()}-0")
+        return self.reply(messages, **kwargs).message(run_message_id())
 
-    def acall_client(self, messages: list[dict[str, Any]], **kwargs: Any) -> Awaitable[AIMessage]:
-        """Async :meth:`call_client` (the coroutine of the call, one frame less)."""
-        return self._areply(messages, kwargs, f"{LC_ID_PREFIX}-{uuid.uuid4()}-0")
+    async def acall_client(self, messages: list[dict[str, Any]], **kwargs: Any) -> AIMessage:
+        """Async :meth:`call_client`."""
+        return (await self.areply(messages, **kwargs)).message(run_message_id())
 
-    def _reply(
-        self, messages: list[dict[str, Any]], kwargs: dict[str, Any], id: str | None
-    ) -> AIMessage:
+    def reply(self, messages: list[dict[str, Any]], **kwargs: Any) -> ClientReply:
+        """:meth:`call_client` without building the ``AIMessage``: a
+        :class:`ClientReply` (what the MoA steps read of a call)."""
         reply = self.client(*self._arguments(messages, kwargs))
         if inspect.isawaitable(reply):
             reply = _run_coroutine(reply)
-        return self._message(reply, id)
+        return self._client_reply(reply)
 
-    async def _areply(
-        self, messages: list[dict[str, Any]], kwargs: dict[str, Any], id: str | None
-    ) -> AIMessage:
+    async def areply(self, messages: list[dict[str, Any]], **kwargs: Any) -> ClientReply:
+        """Async :meth:`reply`."""
         reply = self.client(*self._arguments(messages, kwargs))
         if inspect.isawaitable(reply):
             reply = await reply
-        return self._message(reply, id)
+        return self._client_reply(reply)
 
-    def _message(self, reply: tuple[str, int, int], id: str | None) -> AIMessage:
+    def _client_reply(self, reply: tuple[str, int, int]) -> ClientReply:
         if not isinstance(reply, (tuple, list)) or len(reply) != 3:
             raise TypeError(
                 f"the client function must return (text, input_tokens, output_tokens), "
@@ -151,12 +176,7 @@ class ClientChatModel(BaseChatModel):
             output_tokens=int(output_tokens),
             total_tokens=int(input_tokens) + int(output_tokens),
         )
-        return AIMessage(
-            content=text or "",
-            usage_metadata=usage,
-            response_metadata={"model_name": self.model},
-            id=id,
-        )
+        return ClientReply(text or "", usage, {"model_name": self.model})
 
     def _generate(
         self,
@@ -166,7 +186,7 @@ class ClientChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         # LangChain's run names the reply (lc_run--<run id>-0)
-        message = self._reply(convert_to_openai_messages(messages), kwargs, None)
+        message = self.reply(convert_to_openai_messages(messages), **kwargs).message()
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     async def _agenerate(
@@ -176,7 +196,7 @@ class ClientChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        message = await self._areply(convert_to_openai_messages(messages), kwargs, None)
+        message = (await self.areply(convert_to_openai_messages(messages), **kwargs)).message()
         return ChatResult(generations=[ChatGeneration(message=message)])
 
 

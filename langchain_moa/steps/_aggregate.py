@@ -17,6 +17,7 @@ from langchain_moa._agents import Agent, make_agents
 from langchain_moa._budget import BudgetExceededError
 from langchain_moa._prompts import AGGREGATE_PROMPT, reference_messages
 from langchain_moa._stream import StreamsByTransform
+from langchain_moa.client_model import ClientReply, run_message_id
 from langchain_moa.errors import AggregatorError, ConfigurationError
 from langchain_moa.steps._base import (
     CALL_EVENT,
@@ -79,6 +80,8 @@ def final_message(
     if chosen is not None:
         summary["chosen"] = chosen
     extra: dict[str, Any] = {}
+    if isinstance(reply, ClientReply):  # a direct client call: its message, named
+        reply = reply.message(run_message_id())
     if isinstance(reply, AIMessage):
         extra["id"] = reply.id
         if reply.tool_calls or reply.invalid_tool_calls:

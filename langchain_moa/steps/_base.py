@@ -50,7 +50,7 @@ from pydantic._internal._model_construction import ModelMetaclass
 from langchain_moa import _budget, pricing
 from langchain_moa._agents import Agent
 from langchain_moa._settings import DEFAULT, _Default, check_reachable, step_values
-from langchain_moa.client_model import ClientChatModel, run_in_background
+from langchain_moa.client_model import ClientChatModel, ClientReply, run_in_background
 from langchain_moa.errors import ConfigurationError
 from langchain_moa.steps._threads import POOL_SIZE, map_bounded
 from langchain_moa.types import CallRecord, MoAState
@@ -432,6 +432,8 @@ class Result:
     job: Job
     record: CallRecord
     output: Any = None
+    """The agent's reply: an ``AIMessage`` (or what the agent returned), or a
+    :class:`ClientReply` for a direct client call (no message built)."""
     exception: BaseException | None = None
     replaced: Result | None = None
     """The failed first attempt, when the job's fallback ran."""
@@ -632,7 +634,8 @@ class LLMStep(Step):
     ) -> CallRecord:
         """A :class:`CallRecord` for a finished call; empty replies count as errors."""
         message = reply.get("raw") if isinstance(reply, dict) else reply
-        text = message.text if isinstance(message, BaseMessage) else None
+        replied = isinstance(message, (BaseMessage, ClientReply))
+        text = message.text if replied else None
         if not (text or "").strip() and _has_tool_calls(message):
             # a native structured reply: keep the judgement visible in the history
             text = json.dumps([call["args"] for call in message.tool_calls], ensure_ascii=False)
@@ -643,7 +646,7 @@ class LLMStep(Step):
         parsing_error = reply.get("parsing_error") if isinstance(reply, dict) else None
         if error is None and message is None:
             error_text = "no reply"
-        elif error is None and not isinstance(message, BaseMessage):
+        elif error is None and not replied:
             error_text = (
                 f"TypeError: the agent returned a {type(message).__name__}, expected an "
                 f"AIMessage (end a Runnable agent with a chat model)"
@@ -710,7 +713,7 @@ class LLMStep(Step):
         try:
             target, kwargs = _unbind(runnable)
             if _unobserved_client(target, handlers):
-                reply = target.call_client(list(_openai_messages(job.messages)), **kwargs)
+                reply = target.reply(list(_openai_messages(job.messages)), **kwargs)
             else:
                 reply = target.invoke(
                     _model_input(target, job), self.call_config(job, config), **kwargs
@@ -729,7 +732,7 @@ class LLMStep(Step):
         try:
             target, kwargs = _unbind(runnable)
             if _unobserved_client(target, handlers):
-                reply = await target.acall_client(list(_openai_messages(job.messages)), **kwargs)
+                reply = await target.areply(list(_openai_messages(job.messages)), **kwargs)
             else:
                 reply = await target.ainvoke(
                     _model_input(target, job), self.call_config(job, config), **kwargs

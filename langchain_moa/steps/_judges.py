@@ -30,6 +30,7 @@ from langchain_moa._prompts import (
     judge_messages,
 )
 from langchain_moa._settings import SETTINGS
+from langchain_moa.client_model import ClientReply
 from langchain_moa.errors import AggregatorError, ConfigurationError
 from langchain_moa.steps._aggregate import final_message, single_agent
 from langchain_moa.steps._base import (
@@ -164,7 +165,7 @@ class _Judge(SingleAgentStep):
                 parsed = reply["parsed"]
                 return parsed if isinstance(parsed, self.schema) else self.schema(**parsed)
             reply = reply.get("raw")
-        text = reply.text if isinstance(reply, BaseMessage) else str(reply)
+        text = reply.text if isinstance(reply, (BaseMessage, ClientReply)) else str(reply)
         try:
             return self.schema.model_validate(_first_json_object(text))
         except (ValueError, ValidationError, TypeError) as exc:

@@ -263,9 +263,10 @@ class TestTransient:
         router = router_of(
             a, b, deadline=0.2, retry_policy={"server": RetryPolicy(retries=1)}, failure_threshold=5
         )
-        t0 = time.time()
         msg = router.invoke("q")
-        assert time.time() - t0 < 0.25  # less than the backoff it skipped
+        # from a's failure to the answer: less than the backoff it skipped (timed from
+        # a's call, so a busy machine's slow first setup does not count)
+        assert time.time() - a.times[0] < 0.25
         assert msg.content == "b" and len(a.times) == 1
         assert ("a", "skipped") in attempts(msg)
 
@@ -274,10 +275,9 @@ class TestTransient:
         router = router_of(
             a, deadline=0.2, retry_policy={"server": RetryPolicy(retries=1)}, failure_threshold=5
         )
-        t0 = time.time()
         with pytest.raises(NoDeploymentAvailableError, match="deadline"):
             router.invoke("q")
-        assert time.time() - t0 < 0.25 and len(a.times) == 1
+        assert time.time() - a.times[0] < 0.25 and len(a.times) == 1
 
     async def test_retry_backoff_past_the_deadline_async_and_stream(self) -> None:
         a = TimedChat(replies=[http_error(500), http_error(500), "a after backoff"])
@@ -285,10 +285,10 @@ class TestTransient:
         router = router_of(
             a, b, deadline=0.2, retry_policy={"server": RetryPolicy(retries=1)}, failure_threshold=5
         )
-        t0 = time.time()
         assert (await router.ainvoke("q")).content == "b"
+        assert time.time() - a.times[0] < 0.25 and len(a.times) == 1
         assert "".join([str(c.content) async for c in router.astream("q")]) == "b"
-        assert time.time() - t0 < 0.4 and len(a.times) == 2
+        assert time.time() - a.times[1] < 0.25 and len(a.times) == 2
 
 
 class TestClientSide:

@@ -412,7 +412,7 @@ def _describe(exc: BaseException) -> str:
 # -- model calls --------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class Job:
     """One model call a step wants made."""
 
@@ -423,9 +423,16 @@ class Job:
     layer: int
     fallback: Runnable | None = None
     """Tried once (and recorded as its own call) when ``runnable`` raises."""
+    _openai: list[dict[str, Any]] | None = field(default=None, repr=False)
+
+    def openai_messages(self) -> list[dict[str, Any]]:
+        """``messages`` as OpenAI-style dicts (memoised per conversation and job)."""
+        if self._openai is None:
+            self._openai = _openai_messages(self.messages)
+        return self._openai
 
 
-@dataclass
+@dataclass(slots=True)
 class Result:
     """A finished :class:`Job`: its call record(s) and the reply, if any."""
 
@@ -667,7 +674,7 @@ class LLMStep(Step):
             agent_index=job.agent_index,
             model=job.agent.name,
             response_model=response_model,
-            messages=_openai_messages(job.messages),  # copied by validation
+            messages=job.openai_messages(),  # copied by validation
             output=text if error is None else None,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
@@ -713,7 +720,7 @@ class LLMStep(Step):
         try:
             target, kwargs = _unbind(runnable)
             if _unobserved_client(target, handlers):
-                reply = target.reply(list(_openai_messages(job.messages)), **kwargs)
+                reply = target.reply(list(job.openai_messages()), **kwargs)
             else:
                 reply = target.invoke(
                     _model_input(target, job), self.call_config(job, config), **kwargs
@@ -732,7 +739,7 @@ class LLMStep(Step):
         try:
             target, kwargs = _unbind(runnable)
             if _unobserved_client(target, handlers):
-                reply = await target.areply(list(_openai_messages(job.messages)), **kwargs)
+                reply = await target.areply(list(job.openai_messages()), **kwargs)
             else:
                 reply = await target.ainvoke(
                     _model_input(target, job), self.call_config(job, config), **kwargs

@@ -42,7 +42,7 @@ from langchain_core.runnables.config import (
     get_config_list,
     set_config_context,
 )
-from langchain_core.runnables.utils import coro_with_context
+from langchain_core.runnables.utils import coro_with_context, gather_with_concurrency
 from langchain_core.utils.uuid import uuid7
 from pydantic import ConfigDict, PrivateAttr
 from pydantic._internal._model_construction import ModelMetaclass
@@ -227,7 +227,35 @@ class Step(RunnableSerializable[Any, Any], metaclass=_StepMeta):
         return out
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        config = ensure_config(config)
+        return await self._ainvoke(input, ensure_config(config))
+
+    async def abatch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """LangChain's ``abatch`` (each input's ``ainvoke`` gathered, at most
+        ``max_concurrency`` at once), with each input's config ensured once, not twice."""
+        if not inputs:
+            return []
+        configs = get_config_list(config, len(inputs))
+
+        async def one(value: Any, config: RunnableConfig) -> Any:
+            try:
+                return await self._ainvoke(value, config)
+            except Exception as exc:
+                if return_exceptions:
+                    return exc
+                raise
+
+        limit = configs[0].get("max_concurrency")
+        return await gather_with_concurrency(limit, *map(one, inputs, configs))
+
+    async def _ainvoke(self, input: Any, config: RunnableConfig) -> Any:
+        """:meth:`ainvoke` for an ensured ``config``."""
         manager = get_async_callback_manager_for_config(config)
         run_id = config.pop("run_id", None)
         if _watches_chains(manager.handlers):

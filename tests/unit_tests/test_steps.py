@@ -17,6 +17,7 @@ from langchain_moa import (
     AggregatorError,
     ConfigurationError,
     LayerFailedError,
+    MoAHistoryHandler,
     MoAState,
     Propose,
     Refine,
@@ -83,9 +84,7 @@ def test_synthesize_each_agent_sees_all_candidates_in_a_system_message():
         system, user = agent.received()
         assert isinstance(system, SystemMessage)
         assert system.content.startswith(AGGREGATE_PROMPT)
-        assert system.content.endswith(
-            "Responses from models:\n\n1. alpha\n\n2. beta\n\n3. gamma"
-        )
+        assert system.content.endswith("Responses from models:\n\n1. alpha\n\n2. beta\n\n3. gamma")
         assert user == HumanMessage("Q?")
 
 
@@ -174,8 +173,10 @@ def test_refine_prompt_override_with_braces():
 
 
 def aggregate_pipeline(agg=None):
-    return Propose(three_proposers()) | Shuffle(seed=1) | Aggregate(
-        agg or chat("the final merged answer", name="agg", input_tokens=50)
+    return (
+        Propose(three_proposers())
+        | Shuffle(seed=1)
+        | Aggregate(agg or chat("the final merged answer", name="agg", input_tokens=50))
     )
 
 
@@ -198,6 +199,25 @@ def test_invoke_ainvoke_batch_abatch_for_transform_pipeline():
     assert asyncio.run(moa.ainvoke("q")).texts == ["alpha", "beta"]
     assert [s.texts for s in moa.batch(["q1", "q2"])] == [["alpha", "beta"]] * 2
     assert [s.texts for s in asyncio.run(moa.abatch(["q1", "q2"]))] == [["alpha", "beta"]] * 2
+
+
+def test_step_abatch_keeps_langchains_contract():
+    # a step's own abatch: return_exceptions, max_concurrency, one run per input
+    gauge = Gauge()
+    step = Propose([chat(lambda msgs: "ok " + msgs[-1].content, delay=0.02, gauge=gauge)])
+    history = MoAHistoryHandler()
+    out = asyncio.run(
+        step.abatch([f"q{i}" for i in range(6)], {"callbacks": [history], "max_concurrency": 2})
+    )
+    assert [s.texts for s in out] == [[f"ok q{i}"] for i in range(6)]
+    assert gauge.peak <= 2 and gauge.total == 6
+    assert len({s.run_id for s in history.steps}) == 6
+    failing = Propose([chat(RuntimeError("down"))])
+    results = asyncio.run(failing.abatch(["a", "b"], return_exceptions=True))
+    assert [type(r).__name__ for r in results] == ["LayerFailedError"] * 2
+    with pytest.raises(LayerFailedError):
+        asyncio.run(failing.abatch(["a", "b"]))
+    assert asyncio.run(failing.abatch([])) == []
 
 
 def test_batch_keeps_inputs_apart():
@@ -402,8 +422,12 @@ async def test_max_concurrency_bounds_refine_async():
 
 
 def test_failed_and_empty_calls_are_recorded_with_their_error():
-    agents = [chat("good", name="good"), chat(RuntimeError("rate limited"), name="bad"),
-              chat("", name="empty"), chat("   ", name="blank")]
+    agents = [
+        chat("good", name="good"),
+        chat(RuntimeError("rate limited"), name="bad"),
+        chat("", name="empty"),
+        chat("   ", name="blank"),
+    ]
     state = Propose(agents).invoke("q")
     assert state.texts == ["good"]
     assert len(state.calls) == 4
@@ -417,8 +441,11 @@ def test_failed_and_empty_calls_are_recorded_with_their_error():
 
 
 def test_whole_layer_failure_lists_every_cause():
-    agents = [chat(RuntimeError("timeout A"), name="a"), chat(ValueError("bad B"), name="b"),
-              chat("", name="c")]
+    agents = [
+        chat(RuntimeError("timeout A"), name="a"),
+        chat(ValueError("bad B"), name="b"),
+        chat("", name="c"),
+    ]
     with pytest.raises(LayerFailedError) as info:
         Propose(agents).invoke("q")
     err = info.value
@@ -460,8 +487,11 @@ def test_without_degrade_a_failed_middle_layer_raises_not_erases():
 
 def test_degrade_then_aggregate_sees_the_earlier_candidates():
     agg = chat("merged")
-    (Propose([chat("p1"), chat("p2")]) | Synthesize([chat(RuntimeError("x"))], degrade=True)
-     | Aggregate(agg)).invoke("q")
+    (
+        Propose([chat("p1"), chat("p2")])
+        | Synthesize([chat(RuntimeError("x"))], degrade=True)
+        | Aggregate(agg)
+    ).invoke("q")
     assert agg.received()[0].content.endswith("1. p1\n\n2. p2")
 
 

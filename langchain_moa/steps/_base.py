@@ -41,6 +41,7 @@ from langchain_core.runnables.config import (
     get_callback_manager_for_config,
     get_config_list,
     set_config_context,
+    var_child_runnable_config,
 )
 from langchain_core.runnables.utils import coro_with_context, gather_with_concurrency
 from langchain_core.utils.uuid import uuid7
@@ -267,10 +268,12 @@ class Step(RunnableSerializable[Any, Any], metaclass=_StepMeta):
             run_manager = _AsyncSilentChainRun.of(manager, run_id)
         try:
             step_config = _child_config(config, run_manager)
-            with set_config_context(step_config) as context:
-                out = await coro_with_context(
-                    self._traced_arun(input, step_config, run_manager.handlers), context
-                )
+            traced = self._traced_arun(input, step_config, run_manager.handlers)
+            if isinstance(run_manager, _AsyncSilentChainRun):
+                out = await _with_child_config(step_config, traced)
+            else:
+                with set_config_context(step_config) as context:
+                    out = await coro_with_context(traced, context)
         except BaseException as exc:
             await run_manager.on_chain_error(exc)
             raise
@@ -350,6 +353,18 @@ class _AsyncSilentChainRun(AsyncCallbackManagerForChainRun):
 
     async def on_chain_error(self, error: BaseException, **kwargs: Any) -> None:
         pass
+
+
+async def _with_child_config(config: RunnableConfig, coro: Awaitable[Any]) -> Any:
+    """Await ``coro`` with ``config`` as the child runnable config (what a nested
+    ``ensure_config()`` sees), in the current task. A silent run has no tracer whose
+    context LangChain's ``set_config_context`` would also set, so it needs no task of
+    its own; within a pipeline each step already runs in a task LangChain made."""
+    token = var_child_runnable_config.set(config)
+    try:
+        return await coro
+    finally:
+        var_child_runnable_config.reset(token)
 
 
 def _child_config(config: RunnableConfig, run_manager: Any) -> RunnableConfig:

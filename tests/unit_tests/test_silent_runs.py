@@ -122,3 +122,23 @@ async def test_failed_silent_step_is_recorded(mode: str) -> None:
     assert record.error and record.error.startswith("LayerFailedError")
     assert len(record.calls) == 2 and all(c.error for c in record.calls)
     assert len(chains.errors) == 1  # a watching handler still gets the step's error
+
+
+async def test_silent_step_is_the_config_context_of_what_it_calls() -> None:
+    # code a call runs (here a client function) sees the step's run as its parent
+    # through ensure_config(), and the caller's own context is back after the step
+    from langchain_core.runnables.config import ensure_config, var_child_runnable_config
+
+    seen: list[str] = []
+
+    async def client(model: str, messages: list, temp: float, max_tokens: int) -> tuple:
+        seen.append(str(ensure_config()["callbacks"].parent_run_id))
+        return ("answer " + model, 3, 2)
+
+    history = MoAHistoryHandler()
+    step = Propose(["solo"], client=client)  # one call: made in the step's own task
+    before = var_child_runnable_config.get()
+    state = await step.ainvoke("q", {"callbacks": [history]})
+    assert state.texts == ["answer solo"]
+    assert seen == [history.steps[0].run_id]
+    assert var_child_runnable_config.get() is before

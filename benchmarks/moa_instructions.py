@@ -30,13 +30,14 @@ def _wait_for(path: Path) -> None:
         time.sleep(0.05)
 
 
-def workload(tree: str, name: str, case: str, runs: int, signals: Path) -> None:
+def workload(tree: str, name: str, case: str, agents: str, runs: int, signals: Path) -> None:
     """Runs inside valgrind: warm up, wait while instrumentation goes on, run, wait
     while it goes off (the interpreter's teardown is not counted), exit."""
     sys.path[:0] = [tree, os.path.join(tree, "benchmarks")]
     import moa_overhead as mo
 
     mo.DELAY = 0.0
+    mo.AGENTS = agents
     [fn] = [f for label, f in mo.cases(mo.workloads()[name]).items() if label.startswith(case)]
 
     async def repeat(n: int) -> None:
@@ -56,19 +57,21 @@ def main() -> None:
     parser.add_argument("--tree", default=str(Path(__file__).resolve().parents[1]))
     parser.add_argument("--workload", default="50 queries x 3 layers")
     parser.add_argument("--runs", type=int, default=4)
+    parser.add_argument("--agents", choices=["client", "chat-model"], default="client")
     parser.add_argument(
         "--case", default="moa ainvoke", help="moa_overhead's case: floor, moa ainvoke, mixture-llm"
     )
     parser.add_argument("--inside", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inside:
-        workload(args.tree, args.workload, args.case, args.runs, Path(args.inside))
+        workload(args.tree, args.workload, args.case, args.agents, args.runs, Path(args.inside))
         return
     with tempfile.TemporaryDirectory() as tmp:
         signals, out = Path(tmp), Path(tmp, "callgrind.out")
         cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
         cmd += [sys.executable, __file__, "--tree", args.tree, "--workload", args.workload]
-        cmd += ["--case", args.case, "--runs", str(args.runs), "--inside", tmp]
+        cmd += ["--case", args.case, "--agents", args.agents, "--runs", str(args.runs)]
+        cmd += ["--inside", tmp]
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
 
@@ -92,7 +95,8 @@ def main() -> None:
     spec = mo.workloads()[args.workload]
     calls = spec["queries"] * sum(spec["layers"]) * args.runs
     print(
-        f"{args.workload}, {args.case}: {int(totals.group(1)) / calls / 1000:.1f} k "
+        f"{args.workload}, {args.case}, {args.agents} agents: "
+        f"{int(totals.group(1)) / calls / 1000:.1f} k "
         f"instructions per call ({args.runs} runs, {args.tree})"
     )
 

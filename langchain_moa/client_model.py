@@ -135,23 +135,14 @@ class ClientChatModel(BaseChatModel):
             return False
         return all(h.ignore_chat_model and h.ignore_llm for h in handlers)
 
-    def call_client(self, messages: list[dict[str, Any]], **kwargs: Any) -> AIMessage:
+    def reply(self, messages: list[dict[str, Any]], **kwargs: Any) -> ClientReply:
         """One call of the client with no LangChain run (see :meth:`unobserved`):
-        OpenAI-style ``messages`` in, the ``AIMessage`` ``invoke`` would return out
-        (its id shaped like LangChain's, ``lc_run--<uuid>-0``).
+        OpenAI-style ``messages`` in, a :class:`ClientReply` out (no ``AIMessage`` is
+        built; :meth:`ClientReply.message` makes one).
 
         Raises:
             TypeError: the client returned something other than a 3-tuple.
         """
-        return self.reply(messages, **kwargs).message(run_message_id())
-
-    async def acall_client(self, messages: list[dict[str, Any]], **kwargs: Any) -> AIMessage:
-        """Async :meth:`call_client`."""
-        return (await self.areply(messages, **kwargs)).message(run_message_id())
-
-    def reply(self, messages: list[dict[str, Any]], **kwargs: Any) -> ClientReply:
-        """:meth:`call_client` without building the ``AIMessage``: a
-        :class:`ClientReply` (what the MoA steps read of a call)."""
         reply = self.client(*self._arguments(messages, kwargs))
         if inspect.isawaitable(reply):
             reply = _run_coroutine(reply)

@@ -204,7 +204,7 @@ class Step(RunnableSerializable[Any, Any], metaclass=_StepMeta):
     # LangChain's _call_with_config would inspect the signature of the traced function
     # on every run; these do the same (one chain run, its child config, the context)
     # with no inspection. A run no handler reads chain events of is silent (see
-    # _SilentChainRun): nothing is dispatched for its start and end.
+    # _silent_run): nothing is dispatched for its start and end.
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         config = ensure_config(config)
@@ -216,7 +216,7 @@ class Step(RunnableSerializable[Any, Any], metaclass=_StepMeta):
                 None, input, run_type="chain", name=name, run_id=run_id
             )
         else:
-            run_manager = _SilentChainRun.of(manager, run_id)
+            run_manager = _silent_run(_SilentChainRun, manager, run_id)
         try:
             step_config = _child_config(config, run_manager)
             with set_config_context(step_config) as context:
@@ -265,7 +265,7 @@ class Step(RunnableSerializable[Any, Any], metaclass=_StepMeta):
                 None, input, run_type="chain", name=name, run_id=run_id
             )
         else:
-            run_manager = _AsyncSilentChainRun.of(manager, run_id)
+            run_manager = _silent_run(_AsyncSilentChainRun, manager, run_id)
         try:
             step_config = _child_config(config, run_manager)
             traced = self._traced_arun(input, step_config, run_manager.handlers)
@@ -317,24 +317,25 @@ def _watches_chains(handlers: list[BaseCallbackHandler]) -> bool:
     return any(not handler.ignore_chain for handler in handlers)
 
 
-class _SilentChainRun(CallbackManagerForChainRun):
-    """The run manager of a step run no handler reads chain events of: what
-    ``on_chain_start`` returns (a run id, the handlers, tags and metadata its child
-    runs and custom events inherit), with nothing dispatched for its start, end or
-    error — each handler would skip them (``ignore_chain``)."""
+def _silent_run(cls: type[Any], manager: BaseCallbackManager, run_id: UUID | None) -> Any:
+    """The run manager ``on_chain_start`` would return (a run id, the handlers, tags
+    and metadata its child runs and custom events inherit), built without dispatching
+    the start: for a run no handler reads chain events of."""
+    return cls(
+        run_id=run_id or uuid7(),
+        handlers=manager.handlers,
+        inheritable_handlers=manager.inheritable_handlers,
+        parent_run_id=manager.parent_run_id,
+        tags=manager.tags,
+        inheritable_tags=manager.inheritable_tags,
+        metadata=manager.metadata,
+        inheritable_metadata=manager.inheritable_metadata,
+    )
 
-    @classmethod
-    def of(cls, manager: BaseCallbackManager, run_id: UUID | None) -> Any:
-        return cls(
-            run_id=run_id or uuid7(),
-            handlers=manager.handlers,
-            inheritable_handlers=manager.inheritable_handlers,
-            parent_run_id=manager.parent_run_id,
-            tags=manager.tags,
-            inheritable_tags=manager.inheritable_tags,
-            metadata=manager.metadata,
-            inheritable_metadata=manager.inheritable_metadata,
-        )
+
+class _SilentChainRun(CallbackManagerForChainRun):
+    """A chain run manager that dispatches nothing for its end or error: every
+    handler would skip them (``ignore_chain``). Made by :func:`_silent_run`."""
 
     def on_chain_end(self, outputs: Any, **kwargs: Any) -> None:
         pass
@@ -345,8 +346,6 @@ class _SilentChainRun(CallbackManagerForChainRun):
 
 class _AsyncSilentChainRun(AsyncCallbackManagerForChainRun):
     """Async :class:`_SilentChainRun`."""
-
-    of = classmethod(_SilentChainRun.of.__func__)  # type: ignore[attr-defined]
 
     async def on_chain_end(self, outputs: Any, **kwargs: Any) -> None:
         pass
@@ -466,7 +465,7 @@ class Job:
     layer: int
     fallback: Runnable | None = None
     """Tried once (and recorded as its own call) when ``runnable`` raises."""
-    _openai: list[dict[str, Any]] | None = field(default=None, repr=False)
+    _openai: list[dict[str, Any]] | None = field(default=None, init=False, repr=False)
 
     def openai_messages(self) -> list[dict[str, Any]]:
         """``messages`` as OpenAI-style dicts (memoised per conversation and job)."""

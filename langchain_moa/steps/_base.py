@@ -3,7 +3,6 @@ parallel execution of model calls (threads for sync, a semaphore for async)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -836,17 +835,16 @@ class LLMStep(Step):
     async def arun_jobs(
         self, jobs: list[Job], report: StepReport, config: RunnableConfig
     ) -> list[Result]:
-        """Async :meth:`run_jobs`: ``asyncio.gather`` bounded by a semaphore
-        (``RunnableParallel.ainvoke`` would ignore ``max_concurrency``)."""
-        limit = asyncio.Semaphore(self._concurrency(config, len(jobs)))
+        """Async :meth:`run_jobs`: ``asyncio.gather``, bounded by a semaphore when
+        :meth:`_concurrency` is below the number of jobs (``RunnableParallel.ainvoke``
+        would ignore ``max_concurrency``)."""
         handlers = report.handlers
 
         async def one(job: Job) -> Result:
-            async with limit:
-                first = await self._acall(job, job.runnable, config, handlers)
-                result = await first.or_afallback(
-                    lambda: self._acall(job, job.fallback, config, handlers)
-                )
+            first = await self._acall(job, job.runnable, config, handlers)
+            result = await first.or_afallback(
+                lambda: self._acall(job, job.fallback, config, handlers)
+            )
             for record in result.records:
                 await aemit(config, CALL_EVENT, lambda record=record: record_dict(record))
             return result
@@ -854,7 +852,9 @@ class LLMStep(Step):
         if len(jobs) == 1:  # no task to gather (an aggregator, a judge)
             results = [await one(jobs[0])]
         else:
-            results = list(await asyncio.gather(*(one(j) for j in jobs)))
+            bound = self._concurrency(config, len(jobs))
+            limit = bound if bound < len(jobs) else None
+            results = await gather_with_concurrency(limit, *map(one, jobs))
         report.calls.extend(record for result in results for record in result.records)
         return results
 

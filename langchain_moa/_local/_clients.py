@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from langchain_moa._llamacpp import LlamaServerChatModel
 from langchain_moa.providers import openai_compatible_chat_model, validate_base_url
 
-__all__ = ["LlamaServerChatModel", "chat_model_for_base_url"]
+if TYPE_CHECKING:  # langchain_openai (and the openai SDK) load when a model is made
+    from langchain_moa._llamacpp import LlamaServerChatModel
+
+__all__ = ["chat_model_for_base_url"]
 
 
 def chat_model_for_base_url(

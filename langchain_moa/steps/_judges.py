@@ -12,11 +12,11 @@ scraped out of prose, and an invalid judgement raises.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import httpx
-import openai
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
@@ -317,12 +317,12 @@ def _first_json_object(text: str) -> dict[str, Any]:
 
 def _transient(exc: BaseException | None) -> bool:
     """A timeout, lost connection or rate limit: says nothing about structured output."""
-    transient = (
+    transient: tuple[type[BaseException], ...] = (
         TimeoutError,
         ConnectionError,
         httpx.TransportError,
-        openai.APITimeoutError,
-        openai.APIConnectionError,
-        openai.RateLimitError,
     )
+    openai = sys.modules.get("openai")  # only an agent that loaded the SDK raises its errors
+    if openai is not None:
+        transient += (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError)
     return isinstance(exc, transient)

@@ -6,6 +6,8 @@ Adding or removing a public name is a deliberate change: update ``EXPECTED_ALL``
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -49,6 +51,19 @@ def test_all_is_pinned() -> None:
 def test_every_public_name_resolves() -> None:
     for name in langchain_moa.__all__:
         assert getattr(langchain_moa, name) is not None, name
+
+
+def test_import_leaves_the_openai_sdk_unloaded() -> None:
+    """``import langchain_moa`` does not load langchain-openai or the openai SDK (about
+    1 s and 50 k objects the garbage collector walks in every full collection); the
+    first OpenAI-compatible model loads them."""
+    code = (
+        "import sys, langchain_moa\n"
+        "assert not {'openai', 'langchain_openai'} & set(sys.modules), 'loaded at import'\n"
+        "langchain_moa.chat_model_for_base_url('http://127.0.0.1:9/v1', 'm')\n"
+        "assert {'openai', 'langchain_openai'} <= set(sys.modules), 'not loaded on use'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
 
 
 def test_testing_module_is_public() -> None:

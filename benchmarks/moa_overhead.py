@@ -7,6 +7,10 @@ Side by side in one process, on the same mixture-llm style async client function
 * ``floor``            — a bare ``asyncio.gather`` of plain LangChain chat-model calls
   (``ClientChatModel.ainvoke`` on the same client), layer after layer: what LangChain
   itself costs per call;
+* ``sync floor``       — the same calls from sync code: LangChain's ``invoke`` on a pool
+  of 64 threads (langchain-moa's default bound of a sync fan-out) for each layer's
+  calls, and a thread per query for many queries (as ``Runnable.batch``): what a sync
+  LangChain call costs;
 * ``moa ainvoke``      — langchain-moa ``ainvoke`` (``abatch`` for many queries), with a
   ``MoAHistoryHandler`` attached;
 * ``moa invoke``       — the same from sync code (``invoke`` / ``batch``; threads);
@@ -53,6 +57,7 @@ import mixture_llm as mx  # noqa: E402
 from langchain_core.language_models import BaseChatModel  # noqa: E402
 from langchain_core.messages import AIMessage, convert_to_openai_messages  # noqa: E402
 from langchain_core.outputs import ChatGeneration, ChatResult  # noqa: E402
+from langchain_core.runnables.config import ContextThreadPoolExecutor  # noqa: E402
 
 from langchain_moa import (  # noqa: E402
     Aggregate,
@@ -64,6 +69,8 @@ from langchain_moa import (  # noqa: E402
 
 DELAY = 0.1
 AGENTS = "client"
+SYNC_POOL = ContextThreadPoolExecutor(max_workers=64)
+"""The sync floor's threads: as many as langchain-moa's default bound of a sync fan-out."""
 GC_STATS = False
 
 
@@ -179,6 +186,19 @@ def cases(spec: dict[str, Any]) -> dict[str, Callable[[], Awaitable[Any]]]:
 
         await asyncio.gather(*(one(q) for q in queries))
 
+    def sync_floor() -> Any:
+        def one(q: str) -> Any:
+            for width in layers:
+                list(SYNC_POOL.map(lambda m: m.invoke(q), models[:width]))
+
+        if len(queries) == 1:
+            return one(queries[0])
+        with ContextThreadPoolExecutor(max_workers=len(queries)) as batch:  # as Runnable.batch
+            return list(batch.map(one, queries))
+
+    async def sync_floor_threads() -> Any:
+        return await asyncio.to_thread(sync_floor)
+
     async def moa_async() -> Any:
         history = MoAHistoryHandler()
         config = {"callbacks": [history]}
@@ -200,6 +220,7 @@ def cases(spec: dict[str, Any]) -> dict[str, Callable[[], Awaitable[Any]]]:
 
     return {
         "floor (gather of LangChain calls)": floor,
+        "sync floor (invoke, 64 threads)": sync_floor_threads,
         "moa ainvoke/abatch": moa_async,
         "moa invoke/batch (sync)": moa_threads,
         "mixture-llm run()": mixture,

@@ -70,8 +70,9 @@ def _serve(conn: Any, rpm: float | None, tpm: float | None, text_words: int) -> 
 class ServerProcess:
     """A FaultServer enforcing ``rpm`` / ``tpm`` (per minute, over 1 s) in a child process."""
 
-    def __init__(self, rpm: float | None = None, tpm: float | None = None,
-                 text_words: int = 100) -> None:
+    def __init__(
+        self, rpm: float | None = None, tpm: float | None = None, text_words: int = 100
+    ) -> None:
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve, args=(child, rpm, tpm, text_words), daemon=True)
@@ -104,8 +105,14 @@ def _max_in_window(points: list[tuple[float, float]], window: float) -> float:
     return best
 
 
-def _summary(log: list[tuple[float, int, int]], skip: int, kind: str, router_limit: float,
-             server_limit: float, per_request_cap: float) -> dict[str, Any]:
+def _summary(
+    log: list[tuple[float, int, int]],
+    skip: int,
+    kind: str,
+    router_limit: float,
+    server_limit: float,
+    per_request_cap: float,
+) -> dict[str, Any]:
     measured = sorted(log)[skip:]
     ok = [r for r in measured if r[1] == 200]
     n429 = sum(r[1] == 429 for r in measured)
@@ -134,15 +141,18 @@ def _summary(log: list[tuple[float, int, int]], skip: int, kind: str, router_lim
 def _router(base_url: str, kind: str, store: Any = None) -> ProviderRouter:
     lim = {"rpm": SERVER_RPM * UNDER} if kind == "rpm" else {"tpm": SERVER_TPM * UNDER}
     return ProviderRouter(
-        deployments=[Deployment(model="llamacpp/fake", base_url=base_url, name="d",
-                                timeout=30.0, **lim)],
-        deadline=900.0, token_counter=lambda msgs: PROMPT_TOKENS,
+        deployments=[
+            Deployment(model="llamacpp/fake", base_url=base_url, name="d", timeout=30.0, **lim)
+        ],
+        deadline=900.0,
+        token_counter=lambda msgs: PROMPT_TOKENS,
         **({"store": store} if store is not None else {}),
     )
 
 
-async def _queued_async(router: ProviderRouter, n: int, max_tokens: int | None,
-                        clock: dict[str, float] | None = None) -> list[Any]:
+async def _queued_async(
+    router: ProviderRouter, n: int, max_tokens: int | None, clock: dict[str, float] | None = None
+) -> list[Any]:
     """Warm up on this loop (its connection), then queue ``n`` requests at once."""
     kw = {} if max_tokens is None else {"max_tokens": max_tokens}
     await router.ainvoke("warm-up", **kw)
@@ -158,8 +168,11 @@ def run_case(kind: str, n: int, mode: str = "async", real_share: float = 1.0) ->
         words, max_tokens = REAL_COMPLETION_20, None
     else:
         words, max_tokens = 100, MAX_TOKENS
-    server = ServerProcess(rpm=SERVER_RPM if kind == "rpm" else None,
-                           tpm=SERVER_TPM if kind == "tpm" else None, text_words=words)
+    server = ServerProcess(
+        rpm=SERVER_RPM if kind == "rpm" else None,
+        tpm=SERVER_TPM if kind == "tpm" else None,
+        text_words=words,
+    )
     try:
         router = _router(server.base_url, kind)
         clock: dict[str, float] = {}
@@ -180,7 +193,10 @@ def run_case(kind: str, n: int, mode: str = "async", real_share: float = 1.0) ->
     row = _summary(log, 1, kind, limit, SERVER_RPM if kind == "rpm" else SERVER_TPM, real)
     row.update(
         case=f"{kind}{'' if real_share == 1 else ' (real 20 % of reserved)'}",
-        queued=n, mode=mode, router_limit=limit, wall_s=wall,
+        queued=n,
+        mode=mode,
+        router_limit=limit,
+        wall_s=wall,
         cpu_ms_per_request=1000 * cpu / n,
         passes_mean=sum(m["passes"] for m in meta) / n,
         passes_max=max(m["passes"] for m in meta),
@@ -199,8 +215,13 @@ def _redis_worker(port: int, base_url: str, n: int, start_at: float, conn: Any) 
     clock: dict[str, float] = {}
     out = asyncio.run(_queued_async(router, n, MAX_TOKENS, clock))
     cpu = time.process_time() - clock["cpu"]
-    conn.send({"answered": len(out), "cpu_ms_per_request": 1000 * cpu / n,
-               "passes_mean": sum(m.response_metadata["router"]["passes"] for m in out) / n})
+    conn.send(
+        {
+            "answered": len(out),
+            "cpu_ms_per_request": 1000 * cpu / n,
+            "passes_mean": sum(m.response_metadata["router"]["passes"] for m in out) / n,
+        }
+    )
 
 
 def run_redis(n_each: int) -> dict[str, Any]:
@@ -209,9 +230,21 @@ def run_redis(n_each: int) -> dict[str, Any]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     server = ServerProcess(rpm=SERVER_RPM)
     try:
         import redis
@@ -228,8 +261,9 @@ def run_redis(n_each: int) -> dict[str, Any]:
         pipes, workers = [], []
         for _ in range(2):
             parent, child = ctx.Pipe()
-            w = ctx.Process(target=_redis_worker,
-                            args=(port, server.base_url, n_each, start_at, child))
+            w = ctx.Process(
+                target=_redis_worker, args=(port, server.base_url, n_each, start_at, child)
+            )
             w.start()
             pipes.append(parent)
             workers.append(w)
@@ -243,11 +277,17 @@ def run_redis(n_each: int) -> dict[str, Any]:
         proc.wait(10)
     limit = SERVER_RPM * UNDER
     row = _summary(log, 2, "rpm", limit, SERVER_RPM, 1)
-    row.update(case="rpm, 2 processes, RedisStore", queued=2 * n_each, mode="2 x async",
-               router_limit=limit, answered=sum(r["answered"] for r in results),
-               cpu_ms_per_request=sum(r["cpu_ms_per_request"] for r in results) / 2,
-               passes_mean=sum(r["passes_mean"] for r in results) / 2, passes_max=None,
-               wall_s=None)
+    row.update(
+        case="rpm, 2 processes, RedisStore",
+        queued=2 * n_each,
+        mode="2 x async",
+        router_limit=limit,
+        answered=sum(r["answered"] for r in results),
+        cpu_ms_per_request=sum(r["cpu_ms_per_request"] for r in results) / 2,
+        passes_mean=sum(r["passes_mean"] for r in results) / 2,
+        passes_max=None,
+        wall_s=None,
+    )
     return row
 
 
@@ -259,10 +299,12 @@ def run_overhead(n: int, rounds: int) -> list[dict[str, Any]]:
 
     server = ServerProcess(text_words=5)
     try:
-        direct = openai_compatible_chat_model(None, "fake", base_url=server.base_url, api_key="x",
-                                              max_retries=0)
-        router = ProviderRouter(deployments=[Deployment(model="llamacpp/fake",
-                                                        base_url=server.base_url, name="d")])
+        direct = openai_compatible_chat_model(
+            None, "fake", base_url=server.base_url, api_key="x", max_retries=0
+        )
+        router = ProviderRouter(
+            deployments=[Deployment(model="llamacpp/fake", base_url=server.base_url, name="d")]
+        )
         cases = {"direct ChatOpenAI": direct, "ProviderRouter (no limits)": router}
         cpu: dict[str, list[float]] = {k: [] for k in cases}
         for llm in cases.values():
@@ -285,8 +327,9 @@ def run_direct_paced(n: int) -> dict[str, Any]:
     interval = 60 / (SERVER_RPM * UNDER)
     server = ServerProcess()
     try:
-        llm = openai_compatible_chat_model(None, "fake", base_url=server.base_url, api_key="x",
-                                           max_retries=0)
+        llm = openai_compatible_chat_model(
+            None, "fake", base_url=server.base_url, api_key="x", max_retries=0
+        )
 
         async def go() -> float:
             await llm.ainvoke("warm-up", max_tokens=MAX_TOKENS)
@@ -299,8 +342,11 @@ def run_direct_paced(n: int) -> dict[str, Any]:
         cpu = asyncio.run(go())
     finally:
         server.stop()
-    return {"case": f"direct ChatOpenAI, one per {interval * 1000:.1f} ms (no router)",
-            "cpu_ms_per_request": 1000 * cpu / n, "rounds": [1000 * cpu / n]}
+    return {
+        "case": f"direct ChatOpenAI, one per {interval * 1000:.1f} ms (no router)",
+        "cpu_ms_per_request": 1000 * cpu / n,
+        "rounds": [1000 * cpu / n],
+    }
 
 
 async def _gather_plain(llm: Any, n: int) -> None:
@@ -315,23 +361,28 @@ async def _gather_plain(llm: Any, n: int) -> None:
 
 # --------------------------------------------------------------------------- main
 def _print(rows: list[dict[str, Any]]) -> None:
-    print("| case | queued | 429s | max in 1 s (pace / server) | achieved, % of router limit "
-          "| client CPU ms/request | passes/request |")
+    print(
+        "| case | queued | 429s | max in 1 s (pace / server) | achieved, % of router limit "
+        "| client CPU ms/request | passes/request |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         if "skipped" in r:
             print(f"| {r['case']} | skipped: {r['skipped']} |")
             continue
-        print(f"| {r['case']} ({r['mode']}) | {r['queued']} | {r['n429']} | "
-              f"{r['max_1s']:g} ({r['pace_1s']:g} / {r['server_1s']:g}) | "
-              f"{r['achieved']:.0f} ({r['pct_router']:.1f} %) | "
-              f"{r['cpu_ms_per_request']:.2f} | {r['passes_mean']:.2f} |")
+        print(
+            f"| {r['case']} ({r['mode']}) | {r['queued']} | {r['n429']} | "
+            f"{r['max_1s']:g} ({r['pace_1s']:g} / {r['server_1s']:g}) | "
+            f"{r['achieved']:.0f} ({r['pct_router']:.1f} %) | "
+            f"{r['cpu_ms_per_request']:.2f} | {r['passes_mean']:.2f} |"
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=["all", "overhead", "rpm", "tpm", "tpm20", "redis"],
-                    default="all")
+    ap.add_argument(
+        "--part", choices=["all", "overhead", "rpm", "tpm", "tpm20", "redis"], default="all"
+    )
     ap.add_argument("--sizes", default="10,100,1000")
     ap.add_argument("--redis-each", type=int, default=300)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -342,8 +393,11 @@ def main() -> None:
     for part in parts:
         if part == "overhead":
             for r in [*run_overhead(300, 3), run_direct_paced(100)]:
-                print(f"{r['case']}: {r['cpu_ms_per_request']:.3f} ms client CPU per request "
-                      f"(min of rounds {[round(x, 3) for x in r['rounds']]})", flush=True)
+                print(
+                    f"{r['case']}: {r['cpu_ms_per_request']:.3f} ms client CPU per request "
+                    f"(min of rounds {[round(x, 3) for x in r['rounds']]})",
+                    flush=True,
+                )
                 rows.append(r)
             continue
         if part in ("rpm", "tpm"):

@@ -132,9 +132,7 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # multimodal parts
-        return "".join(
-            str(part.get("text", "")) for part in content if isinstance(part, dict)
-        )
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
     return str(content)
 
 
@@ -167,13 +165,14 @@ _ERROR_DEFAULTS: dict[int, tuple[str, str, str | None]] = {
 
 
 def error_body(
-    status: int, message: str | None = None, type_: str | None = None,
-    code: str | None = None, param: str | None = None,
+    status: int,
+    message: str | None = None,
+    type_: str | None = None,
+    code: str | None = None,
+    param: str | None = None,
 ) -> dict[str, Any]:
     """OpenAI's error body ``{"error": {"message", "type", "param", "code"}}``."""
-    d_message, d_type, d_code = _ERROR_DEFAULTS.get(
-        status, (f"HTTP {status}", "api_error", None)
-    )
+    d_message, d_type, d_code = _ERROR_DEFAULTS.get(status, (f"HTTP {status}", "api_error", None))
     return {
         "error": {
             "message": message if message is not None else d_message,
@@ -208,8 +207,12 @@ class Fault:
     # -- successes ---------------------------------------------------------------
     @classmethod
     def ok(
-        cls, text: str | None = None, prompt_tokens: int | None = None,
-        completion_tokens: int | None = None, delay_s: float = 0.0, chunk_delay_s: float = 0.0,
+        cls,
+        text: str | None = None,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        delay_s: float = 0.0,
+        chunk_delay_s: float = 0.0,
     ) -> Fault:
         """A 200 answer.
 
@@ -222,15 +225,24 @@ class Fault:
             delay_s: seconds to wait before answering (latency).
             chunk_delay_s: seconds between SSE chunks when streaming.
         """
-        return cls("ok", text=text, prompt_tokens=prompt_tokens,
-                   completion_tokens=completion_tokens, delay_s=delay_s,
-                   chunk_delay_s=chunk_delay_s)
+        return cls(
+            "ok",
+            text=text,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            delay_s=delay_s,
+            chunk_delay_s=chunk_delay_s,
+        )
 
     # -- HTTP errors -------------------------------------------------------------
     @classmethod
     def status(
-        cls, code: int, body: Any = None, headers: dict[str, str] | None = None,
-        message: str | None = None, error_code: str | None = None,
+        cls,
+        code: int,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        message: str | None = None,
+        error_code: str | None = None,
     ) -> Fault:
         """Answer HTTP ``code`` with ``body`` (default: OpenAI's error body for the code)."""
         if body is None:
@@ -239,7 +251,9 @@ class Fault:
 
     @classmethod
     def rate_limited(
-        cls, retry_after: float | None = None, retry_after_ms: float | None = None,
+        cls,
+        retry_after: float | None = None,
+        retry_after_ms: float | None = None,
         retry_after_date_s: float | None = None,
     ) -> Fault:
         """429. ``retry_after``: ``Retry-After`` in seconds (sent as given, e.g. ``2``);
@@ -303,8 +317,11 @@ class Fault:
         return cls.status(400, body=body)
 
     @classmethod
-    def bad_request(cls, message: str = "Invalid value for 'temperature': must be <= 2.",
-                    param: str | None = "temperature") -> Fault:
+    def bad_request(
+        cls,
+        message: str = "Invalid value for 'temperature': must be <= 2.",
+        param: str | None = "temperature",
+    ) -> Fault:
         """A plain 400 (``invalid_value``): retrying elsewhere does not help."""
         body = error_body(400, message=message, code="invalid_value", param=param)
         return cls.status(400, body=body)
@@ -367,6 +384,7 @@ class Fault:
 
 # --------------------------------------------------------------------------- records
 
+
 @dataclass
 class RequestRecord:
     """One request the server received and what it did about it.
@@ -426,8 +444,9 @@ class RequestRecord:
 class _Limiter:
     """Sliding-window RPM/TPM enforcement (see the module docstring)."""
 
-    def __init__(self, rpm: float | None, tpm: float | None, window_s: float,
-                 token_count: str) -> None:
+    def __init__(
+        self, rpm: float | None, tpm: float | None, window_s: float, token_count: str
+    ) -> None:
         if window_s <= 0:
             raise ValueError(f"window_s must be > 0 seconds, got {window_s}")
         if token_count not in ("reserve", "usage"):
@@ -465,6 +484,7 @@ class _Limiter:
 
 # --------------------------------------------------------------------------- server
 
+
 class FaultServer:
     """An OpenAI-compatible server on ``127.0.0.1`` that answers from a script.
 
@@ -477,8 +497,12 @@ class FaultServer:
     Use as a context manager or call :meth:`start` / :meth:`stop`.
     """
 
-    def __init__(self, name: str = "fault", models: tuple[str, ...] = ("fake",),
-                 context_window: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "fault",
+        models: tuple[str, ...] = ("fake",),
+        context_window: int | None = None,
+    ) -> None:
         self.name = name
         self.models = tuple(models)
         self.context_window = context_window
@@ -504,8 +528,10 @@ class FaultServer:
         self._httpd = httpd
         self.port = httpd.server_address[1]
         self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-            name=f"fault-server-{self.name}", daemon=True,
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"fault-server-{self.name}",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -580,15 +606,18 @@ class FaultServer:
         with self._lock:
             return len(self._script)
 
-    def set_limits(self, rpm: float | None = None, tpm: float | None = None,
-                   window_s: float = 60.0, token_count: str = "reserve") -> FaultServer:
+    def set_limits(
+        self,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        window_s: float = 60.0,
+        token_count: str = "reserve",
+    ) -> FaultServer:
         """Enforce RPM / TPM over a sliding ``window_s`` window (see the module docs).
 
         ``rpm=None`` and ``tpm=None`` remove the limits. Raises ``ValueError`` for
         ``window_s <= 0`` or an unknown ``token_count``."""
-        limiter = None if rpm is None and tpm is None else _Limiter(
-            rpm, tpm, window_s, token_count
-        )
+        limiter = None if rpm is None and tpm is None else _Limiter(rpm, tpm, window_s, token_count)
         with self._lock:
             self._limiter = limiter
         return self
@@ -650,8 +679,11 @@ class FaultServer:
                 else:
                     text = _reply_text(inner, self, record)
                     words = _truncate(text, max_tokens)[0]
-                    tokens = p + (inner.completion_tokens
-                                  if inner.completion_tokens is not None else len(words))
+                    tokens = p + (
+                        inner.completion_tokens
+                        if inner.completion_tokens is not None
+                        else len(words)
+                    )
                 wait = self._limiter.admit(time.monotonic(), tokens)
                 if wait is not None:
                     return _limited_fault(wait, self._limiter), "limited"
@@ -665,16 +697,22 @@ def _limited_fault(wait: float, limiter: _Limiter) -> Fault:
     if math.isinf(wait):
         return Fault.status(
             429,
-            message=(f"Request too large: it needs more tokens than the whole budget of "
-                     f"{limiter.token_budget:g} per {limiter.window_s:g} s."),
+            message=(
+                f"Request too large: it needs more tokens than the whole budget of "
+                f"{limiter.token_budget:g} per {limiter.window_s:g} s."
+            ),
             error_code="rate_limit_exceeded",
         )
     return Fault.status(
         429,
-        headers={"Retry-After": str(max(1, math.ceil(wait))),
-                 "retry-after-ms": str(max(1, math.ceil(wait * 1000)))},
-        message=(f"Rate limit reached (rpm={limiter.rpm}, tpm={limiter.tpm}, enforced per "
-                 f"{limiter.window_s:g} s). Please try again in {wait:.3f}s."),
+        headers={
+            "Retry-After": str(max(1, math.ceil(wait))),
+            "retry-after-ms": str(max(1, math.ceil(wait * 1000))),
+        },
+        message=(
+            f"Rate limit reached (rpm={limiter.rpm}, tpm={limiter.tpm}, enforced per "
+            f"{limiter.window_s:g} s). Please try again in {wait:.3f}s."
+        ),
         error_code="rate_limit_exceeded",
     )
 
@@ -779,9 +817,15 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = raw.decode("utf-8", "replace")
         record = RequestRecord(
-            seq=_next_seq(), server=fs.name, index=0, method=method, path=self.path,
-            headers={k.lower(): v for k, v in self.headers.items()}, body=body,
-            t_start=time.monotonic(), wall_start=time.time(),
+            seq=_next_seq(),
+            server=fs.name,
+            index=0,
+            method=method,
+            path=self.path,
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=body,
+            t_start=time.monotonic(),
+            wall_start=time.time(),
         )
         fs._record(record)
         try:
@@ -796,9 +840,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, fs: FaultServer, record: RequestRecord, method: str) -> None:
         path = self.path.split("?", 1)[0].rstrip("/")
         if method == "GET" and path.endswith("/models"):
-            data = {"object": "list", "data": [
-                {"id": m, "object": "model", "created": 0, "owned_by": fs.name}
-                for m in fs.models]}
+            data = {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": 0, "owned_by": fs.name}
+                    for m in fs.models
+                ],
+            }
             record.outcome = "models"
             self._send_json(record, 200, data)
             return
@@ -806,20 +854,25 @@ class _Handler(BaseHTTPRequestHandler):
             record.outcome = "not_found"
             self._send_json(record, 404, error_body(404, message=f"Unknown path {self.path}"))
             return
-        if not isinstance(record.body, dict) or not isinstance(
-            record.body.get("messages"), list
-        ):
+        if not isinstance(record.body, dict) or not isinstance(record.body.get("messages"), list):
             record.outcome = "bad_json"
-            self._send_json(record, 400, error_body(
-                400, message="The request body must be a JSON object with 'messages'.",
-                param="messages"))
+            self._send_json(
+                record,
+                400,
+                error_body(
+                    400,
+                    message="The request body must be a JSON object with 'messages'.",
+                    param="messages",
+                ),
+            )
             return
         fault, reason = fs._decide(record)
         self._perform(fs, record, fault, reason)
 
     # -- behaviours --------------------------------------------------------------
-    def _perform(self, fs: FaultServer, record: RequestRecord, fault: Fault,
-                 reason: str | None = None) -> None:
+    def _perform(
+        self, fs: FaultServer, record: RequestRecord, fault: Fault, reason: str | None = None
+    ) -> None:
         if record.outcome != "slow":  # a slow fault keeps its name while doing ``then``
             record.outcome = reason or fault.kind
         if fault.kind == "slow":
@@ -867,27 +920,36 @@ class _Handler(BaseHTTPRequestHandler):
             self._write(b"0\r\n\r\n")
         elif fault.kind == "echo_auth":
             auth = record.headers.get("authorization", "")
-            self._send_json(record, fault.status_code, error_body(
-                fault.status_code, message=f"Invalid credentials in header: {auth}"))
+            self._send_json(
+                record,
+                fault.status_code,
+                error_body(fault.status_code, message=f"Invalid credentials in header: {auth}"),
+            )
         elif fault.kind == "drop":
             self._sever()
         elif fault.kind == "malformed":
             data = str(fault.body).encode()
             record.status = 200
-            self._send_head(200, {"Content-Type": "application/json",
-                                  "Content-Length": str(len(data))})
+            self._send_head(
+                200, {"Content-Type": "application/json", "Content-Length": str(len(data))}
+            )
             self._write(data)
         elif fault.kind in ("cut_before_first_token", "cut_after_first_token"):
             self._cut(fs, record, fault)
         else:  # pragma: no cover - guarded by the constructors
             raise ValueError(f"unknown fault kind {fault.kind!r}")
 
-    def _send_json(self, record: RequestRecord, status: int, data: Any,
-                   headers: dict[str, str] | None = None) -> None:
+    def _send_json(
+        self, record: RequestRecord, status: int, data: Any, headers: dict[str, str] | None = None
+    ) -> None:
         payload = data if isinstance(data, (bytes, str)) else json.dumps(data)
         raw = payload.encode() if isinstance(payload, str) else payload
-        head = {"Content-Type": "application/json", "Content-Length": str(len(raw)),
-                "x-request-id": f"req-{record.seq}", **(headers or {})}
+        head = {
+            "Content-Type": "application/json",
+            "Content-Length": str(len(raw)),
+            "x-request-id": f"req-{record.seq}",
+            **(headers or {}),
+        }
         record.status = status
         record.response_headers = head
         self._send_head(status, head)
@@ -895,37 +957,52 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _usage(self, record: RequestRecord, fault: Fault, n_words: int) -> dict[str, int]:
         body = record.body
-        prompt = (fault.prompt_tokens if fault.prompt_tokens is not None
-                  else estimate_prompt_tokens(body.get("messages") or []))
+        prompt = (
+            fault.prompt_tokens
+            if fault.prompt_tokens is not None
+            else estimate_prompt_tokens(body.get("messages") or [])
+        )
         completion = fault.completion_tokens if fault.completion_tokens is not None else n_words
-        return {"prompt_tokens": prompt, "completion_tokens": completion,
-                "total_tokens": prompt + completion}
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
 
     def _json_ok(self, fs: FaultServer, record: RequestRecord, fault: Fault) -> None:
         pieces, finish = _truncate(_reply_text(fault, fs, record), record.max_tokens)
         text = "".join(pieces)
         record.text = text
-        self._send_json(record, 200, {
-            "id": f"chatcmpl-{fs.name}-{record.seq}",
-            "object": "chat.completion",
-            "created": int(record.wall_start),
-            "model": record.model or fs.models[0],
-            "system_fingerprint": "fault-server",
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": finish,
-            }],
-            "usage": self._usage(record, fault, len(pieces)),
-        })
+        self._send_json(
+            record,
+            200,
+            {
+                "id": f"chatcmpl-{fs.name}-{record.seq}",
+                "object": "chat.completion",
+                "created": int(record.wall_start),
+                "model": record.model or fs.models[0],
+                "system_fingerprint": "fault-server",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": finish,
+                    }
+                ],
+                "usage": self._usage(record, fault, len(pieces)),
+            },
+        )
 
     # SSE over chunked transfer encoding, like real providers: a cut then shows up
     # client-side as an incomplete chunked read, not as a clean end of stream.
     def _start_sse(self, record: RequestRecord) -> None:
-        head = {"Content-Type": "text/event-stream; charset=utf-8",
-                "Cache-Control": "no-cache", "Transfer-Encoding": "chunked",
-                "x-request-id": f"req-{record.seq}"}
+        head = {
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-cache",
+            "Transfer-Encoding": "chunked",
+            "x-request-id": f"req-{record.seq}",
+        }
         record.status = 200
         record.response_headers = head
         self._send_head(200, head)
@@ -933,16 +1010,23 @@ class _Handler(BaseHTTPRequestHandler):
     def _chunk(self, data: bytes) -> None:
         self._write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
 
-    def _event(self, fs: FaultServer, record: RequestRecord, delta: dict[str, Any] | None,
-               finish: str | None = None, usage: dict[str, int] | None = None) -> None:
+    def _event(
+        self,
+        fs: FaultServer,
+        record: RequestRecord,
+        delta: dict[str, Any] | None,
+        finish: str | None = None,
+        usage: dict[str, int] | None = None,
+    ) -> None:
         chunk: dict[str, Any] = {
             "id": f"chatcmpl-{fs.name}-{record.seq}",
             "object": "chat.completion.chunk",
             "created": int(record.wall_start),
             "model": record.model or fs.models[0],
             "system_fingerprint": "fault-server",
-            "choices": [] if delta is None else [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            "choices": []
+            if delta is None
+            else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
         if usage is not None:
             chunk["usage"] = usage
@@ -969,13 +1053,20 @@ class _Handler(BaseHTTPRequestHandler):
         if not record.stream:
             # a truncated JSON body: Content-Length promises more than is sent
             record.status = 200
-            full = json.dumps({"id": "chatcmpl-cut", "object": "chat.completion",
-                               "choices": [{"index": 0, "message": {
-                                   "role": "assistant", "content": fault.text or ""}}]})
+            full = json.dumps(
+                {
+                    "id": "chatcmpl-cut",
+                    "object": "chat.completion",
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": fault.text or ""}}
+                    ],
+                }
+            )
             half = full[: len(full) // 2].encode()
             sent = b"" if fault.kind == "cut_before_first_token" else half
-            self._send_head(200, {"Content-Type": "application/json",
-                                  "Content-Length": str(len(full))})
+            self._send_head(
+                200, {"Content-Type": "application/json", "Content-Length": str(len(full))}
+            )
             self._write(sent)
             self._sever()
             return
@@ -991,6 +1082,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 # --------------------------------------------------------------------------- fixtures
+
 
 @pytest.fixture
 def fault_server_factory() -> Iterator[Callable[..., FaultServer]]:

@@ -41,14 +41,23 @@ fault_server_factory = _fs.fault_server_factory
 TIMEOUT = 1.0  # per-attempt timeout (s) of every deployment here
 
 
-def make_router(servers: list[FaultServer], *, timeout: float = TIMEOUT,
-                deployment_kw: dict[str, dict[str, Any]] | None = None,
-                **router_kw: Any) -> ProviderRouter:
+def make_router(
+    servers: list[FaultServer],
+    *,
+    timeout: float = TIMEOUT,
+    deployment_kw: dict[str, dict[str, Any]] | None = None,
+    **router_kw: Any,
+) -> ProviderRouter:
     """A priority router over ``servers`` in the given order (names = server names)."""
     deployment_kw = deployment_kw or {}
     deployments = [
-        Deployment(model="llamacpp/fake", base_url=s.base_url, name=s.name, timeout=timeout,
-                   **deployment_kw.get(s.name, {}))
+        Deployment(
+            model="llamacpp/fake",
+            base_url=s.base_url,
+            name=s.name,
+            timeout=timeout,
+            **deployment_kw.get(s.name, {}),
+        )
         for s in servers
     ]
     router_kw.setdefault("strategy", "priority")
@@ -125,8 +134,10 @@ def test_transient_faults_fall_over(fault_server_factory, fault: Fault) -> None:
 
 
 @pytest.mark.parametrize(
-    "fault", [Fault.drop(), Fault.slow(5.0), Fault.malformed(), Fault.unavailable()],
-    ids=["dropped-connection", "timeout", "malformed-json", "503"])
+    "fault",
+    [Fault.drop(), Fault.slow(5.0), Fault.malformed(), Fault.unavailable()],
+    ids=["dropped-connection", "timeout", "malformed-json", "503"],
+)
 async def test_async_failover(fault_server_factory, fault: Fault) -> None:
     a, b = servers(fault_server_factory, "a", "b")
     a.script(fault)
@@ -149,15 +160,21 @@ def test_failures_are_counted_in_stats(fault_server_factory) -> None:
     assert sb["latency_p50_s"] is not None and sb["tokens"] > 0
 
 
-
-
 # --------------------------------------------------------------------------- no request lost
 
 
 def test_batch_with_mixed_faults_loses_no_request(fault_server_factory) -> None:
     a, b = servers(fault_server_factory, "a", "b")
-    a.script(Fault.server_error(), Fault.ok(), Fault.drop(), Fault.malformed(), Fault.ok(),
-             Fault.unavailable(), Fault.slow(5.0), Fault.ok())
+    a.script(
+        Fault.server_error(),
+        Fault.ok(),
+        Fault.drop(),
+        Fault.malformed(),
+        Fault.ok(),
+        Fault.unavailable(),
+        Fault.slow(5.0),
+        Fault.ok(),
+    )
     prompts = [f"prompt-{i:02d}" for i in range(12)]
     router = make_router([a, b])
     replies = router.batch(prompts, config={"max_concurrency": 3})
@@ -175,14 +192,19 @@ async def test_abatch_with_mixed_faults_loses_no_request(fault_server_factory) -
     _assert_each_prompt_answered_once(prompts, replies, [a, b, c])
 
 
-def _assert_each_prompt_answered_once(prompts: list[str], replies: list[Any],
-                                      srvs: list[FaultServer]) -> None:
+def _assert_each_prompt_answered_once(
+    prompts: list[str], replies: list[Any], srvs: list[FaultServer]
+) -> None:
     assert len(replies) == len(prompts)
     for prompt, reply in zip(prompts, replies, strict=True):
         assert text_of(reply).endswith("] " + prompt), (prompt, reply)
     # on the servers: each prompt got exactly one 200 answer
-    ok = [r.last_user_text for s in srvs for r in s.chat_requests if r.status == 200
-          and r.outcome == "ok"]
+    ok = [
+        r.last_user_text
+        for s in srvs
+        for r in s.chat_requests
+        if r.status == 200 and r.outcome == "ok"
+    ]
     assert sorted(ok) == sorted(prompts)
 
 
@@ -198,8 +220,9 @@ def _assert_each_prompt_answered_once(prompts: list[str], replies: list[Any],
     ],
     ids=["retry-after-seconds", "retry-after-ms", "retry-after-http-date"],
 )
-def test_no_request_inside_retry_after_window(fault_server_factory, fault: Fault,
-                                              window: float | None) -> None:
+def test_no_request_inside_retry_after_window(
+    fault_server_factory, fault: Fault, window: float | None
+) -> None:
     a, b = servers(fault_server_factory, "a", "b")
     a.script(fault)
     router = make_router([a, b])
@@ -208,7 +231,8 @@ def test_no_request_inside_retry_after_window(fault_server_factory, fault: Fault
     assert limited.status == 429
     if window is None:
         not_before_wall = email.utils.parsedate_to_datetime(
-            limited.response_headers["Retry-After"]).timestamp()
+            limited.response_headers["Retry-After"]
+        ).timestamp()
     else:
         not_before_wall = limited.wall_end + window
     # keep sending for a while: until the window is over, only b may see requests
@@ -220,7 +244,8 @@ def test_no_request_inside_retry_after_window(fault_server_factory, fault: Fault
         time.sleep(0.1)
     later = a.chat_requests[1:]
     assert all(r.wall_start >= not_before_wall for r in later), [
-        round(r.wall_start - not_before_wall, 3) for r in later]
+        round(r.wall_start - not_before_wall, 3) for r in later
+    ]
     # ... and once the window is over, the router comes back to a (priority)
     assert later, "deployment a never got traffic again after its Retry-After window"
     assert all(r.status == 200 for r in later)
@@ -287,8 +312,11 @@ def test_401_disables_and_names_the_env_var(fault_server_factory, monkeypatch) -
 
 @pytest.mark.parametrize(
     ("fault", "needle"),
-    [(Fault.unauthorized(), "GROQ_API_KEY"), (Fault.forbidden(), "GROQ_API_KEY"),
-     (Fault.model_not_found("fake"), "'fake' not found")],
+    [
+        (Fault.unauthorized(), "GROQ_API_KEY"),
+        (Fault.forbidden(), "GROQ_API_KEY"),
+        (Fault.model_not_found("fake"), "'fake' not found"),
+    ],
     ids=["401", "403", "404"],
 )
 def test_permanent_error_alone_fails_fast_with_clear_message(
@@ -297,9 +325,14 @@ def test_permanent_error_alone_fails_fast_with_clear_message(
     monkeypatch.setenv("GROQ_API_KEY", "gsk-wrong")
     fault_server.set_default(fault)
     router = ProviderRouter(
-        deployments=[Deployment(model="groq/fake", base_url=fault_server.base_url,
-                                name="only", timeout=TIMEOUT)],
-        strategy="priority", deadline=10.0)
+        deployments=[
+            Deployment(
+                model="groq/fake", base_url=fault_server.base_url, name="only", timeout=TIMEOUT
+            )
+        ],
+        strategy="priority",
+        deadline=10.0,
+    )
     t0 = time.monotonic()
     with pytest.raises(RouterError) as info:
         router.invoke("x")
@@ -315,8 +348,9 @@ def test_missing_api_key_disables_without_sending(fault_server_factory, monkeypa
     """A keyed provider (registered here, pointing at the fault server, so nothing can
     reach the internet) with its key variable unset: disabled, nothing sent."""
     a, b = servers(fault_server_factory, "a", "b")
-    monkeypatch.setitem(PROVIDERS, "faultkeyed",
-                        Provider("faultkeyed", a.base_url, "FAULTKEYED_API_KEY"))
+    monkeypatch.setitem(
+        PROVIDERS, "faultkeyed", Provider("faultkeyed", a.base_url, "FAULTKEYED_API_KEY")
+    )
     monkeypatch.delenv("FAULTKEYED_API_KEY", raising=False)
     deployments = [
         Deployment(model="faultkeyed/fake", name="a", timeout=TIMEOUT),
@@ -357,8 +391,10 @@ def test_context_length_400_falls_over_to_larger_context(fault_server_factory) -
     small = fault_server_factory("small")
     big = fault_server_factory("big")
     small.script(Fault.context_length_exceeded(4096, 5000))
-    router = make_router([small, big], deployment_kw={
-        "small": {"context_window": 4096}, "big": {"context_window": 32768}})
+    router = make_router(
+        [small, big],
+        deployment_kw={"small": {"context_window": 4096}, "big": {"context_window": 32768}},
+    )
     assert text_of(router.invoke("long")) == "[big#1] long"
     assert seq_order(small, big) == ["small", "big"]
 
@@ -366,8 +402,9 @@ def test_context_length_400_falls_over_to_larger_context(fault_server_factory) -
 def test_context_length_400_without_larger_deployment_raises(fault_server_factory) -> None:
     a, b = servers(fault_server_factory, "a", "b")
     a.script(Fault.context_length_exceeded(4096, 5000))
-    router = make_router([a, b], deployment_kw={
-        "a": {"context_window": 4096}, "b": {"context_window": 4096}})
+    router = make_router(
+        [a, b], deployment_kw={"a": {"context_window": 4096}, "b": {"context_window": 4096}}
+    )
     with pytest.raises(Exception, match="context length") as info:
         router.invoke("long")
     assert not isinstance(info.value, AssertionError)
@@ -391,8 +428,10 @@ def test_server_enforced_context_window_falls_over(fault_server_factory) -> None
 def test_declared_context_window_skips_small_deployment(fault_server_factory) -> None:
     small = fault_server_factory("small", context_window=64)
     big = fault_server_factory("big", context_window=100_000)
-    router = make_router([small, big], deployment_kw={
-        "small": {"context_window": 64}, "big": {"context_window": 100_000}})
+    router = make_router(
+        [small, big],
+        deployment_kw={"small": {"context_window": 64}, "big": {"context_window": 100_000}},
+    )
     reply = router.invoke("tell me " + "more " * 100, max_tokens=8)
     assert text_of(reply).startswith("[big#1]")
     assert small.chat_requests == []  # skipped by its declared window, never sent
@@ -420,9 +459,15 @@ def test_stream_cut_before_first_token_falls_over(fault_server_factory, role_chu
 
 @pytest.mark.parametrize(
     "fault",
-    [Fault.server_error(), Fault.rate_limited(retry_after=5), Fault.drop(), Fault.slow(5.0),
-     Fault.ok(chunk_delay_s=3.0)],
-    ids=["500", "429", "drop", "timeout-before-headers", "stall-before-first-token"])
+    [
+        Fault.server_error(),
+        Fault.rate_limited(retry_after=5),
+        Fault.drop(),
+        Fault.slow(5.0),
+        Fault.ok(chunk_delay_s=3.0),
+    ],
+    ids=["500", "429", "drop", "timeout-before-headers", "stall-before-first-token"],
+)
 def test_stream_error_before_start_falls_over(fault_server_factory, fault) -> None:
     a, b = servers(fault_server_factory, "a", "b")
     a.script(fault)
@@ -519,8 +564,7 @@ async def test_concurrent_requests_during_cooldown_all_succeed(fault_server_fact
     limited = a.chat_requests[0]
     assert limited.status == 429
     replies = await asyncio.gather(*(router.ainvoke(f"g{i}") for i in range(8)))
-    assert sorted(text_of(r).split("] ")[1] for r in replies) == sorted(
-        f"g{i}" for i in range(8))
+    assert sorted(text_of(r).split("] ")[1] for r in replies) == sorted(f"g{i}" for i in range(8))
     assert len(a.chat_requests) == 1  # all 8 concurrent requests went to b
     await asyncio.sleep(max(0.0, limited.t_end + 2.05 - time.monotonic()))
     again = await asyncio.gather(*(router.ainvoke(f"h{i}") for i in range(3)))
@@ -575,7 +619,8 @@ async def test_late_success_does_not_end_a_retry_after_window(fault_server_facto
         await router.ainvoke(f"after-{i}")
     later = a.chat_requests[3:]
     assert later == [] or all(r.wall_start >= limited.wall_end + 5 for r in later), [
-        round(r.wall_start - limited.wall_end, 3) for r in later]
+        round(r.wall_start - limited.wall_end, 3) for r in later
+    ]
     assert router.stats()["a"]["state"] == "cooling"
 
 
@@ -597,11 +642,13 @@ async def test_circuit_opening_keeps_a_longer_retry_after(fault_server_factory) 
         await router.ainvoke("probe?")
         await asyncio.sleep(0.1)
     assert len(a.chat_requests) == 2, [
-        round(r.wall_start - limited.wall_end, 3) for r in a.chat_requests[2:]]
+        round(r.wall_start - limited.wall_end, 3) for r in a.chat_requests[2:]
+    ]
 
 
-@pytest.mark.parametrize("fault", [Fault.not_sse(), Fault.stream_empty()],
-                         ids=["json-body-not-sse", "no-chunk"])
+@pytest.mark.parametrize(
+    "fault", [Fault.not_sse(), Fault.stream_empty()], ids=["json-body-not-sse", "no-chunk"]
+)
 def test_stream_with_no_chunk_falls_over(fault_server_factory, fault: Fault) -> None:
     """Defect 4: a 200 JSON body to a stream request, or a stream with no chunk, was
     returned as '' and never fell over."""
@@ -612,8 +659,9 @@ def test_stream_with_no_chunk_falls_over(fault_server_factory, fault: Fault) -> 
     assert router.stats()["a"]["failures_by_kind"] == {"malformed": 1}
 
 
-@pytest.mark.parametrize("fault", [Fault.not_sse(), Fault.stream_empty()],
-                         ids=["json-body-not-sse", "no-chunk"])
+@pytest.mark.parametrize(
+    "fault", [Fault.not_sse(), Fault.stream_empty()], ids=["json-body-not-sse", "no-chunk"]
+)
 async def test_astream_with_no_chunk_falls_over(fault_server_factory, fault: Fault) -> None:
     """Defect 4, async."""
     a, b = servers(fault_server_factory, "a", "b")
@@ -623,8 +671,7 @@ async def test_astream_with_no_chunk_falls_over(fault_server_factory, fault: Fau
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
-async def test_stream_closed_without_finish_reason_raises(fault_server_factory,
-                                                          mode: str) -> None:
+async def test_stream_closed_without_finish_reason_raises(fault_server_factory, mode: str) -> None:
     """Defect 4: a stream closed cleanly after its first token with no finish_reason was
     returned as complete."""
     a, b = servers(fault_server_factory, "a", "b")

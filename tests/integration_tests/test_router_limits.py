@@ -65,8 +65,9 @@ def _max_in_window(points: list[tuple[float, float]], window: float) -> float:
     return best
 
 
-def _assert_server_invariants(server: FaultServer, n: int, budget_rpm: float | None = None,
-                              budget_tpm: float | None = None) -> list:
+def _assert_server_invariants(
+    server: FaultServer, n: int, budget_rpm: float | None = None, budget_tpm: float | None = None
+) -> list:
     recs = server.chat_requests
     n429 = sum(r.status == 429 for r in recs)
     ok = [r for r in recs if r.status == 200]
@@ -89,17 +90,30 @@ def test_rpm_burst_zero_429_and_no_window_above_the_limit(fault_server_factory) 
     server: FaultServer = fault_server_factory("rpm")
     server.set_limits(rpm=SERVER_RPM, window_s=WINDOW_S)
     router = ProviderRouter(
-        deployments=[Deployment(model="llamacpp/fake", base_url=server.base_url, name="rpm",
-                                rpm=SERVER_RPM * UNDER, timeout=5.0)],
-        strategy="priority", deadline=60.0)
+        deployments=[
+            Deployment(
+                model="llamacpp/fake",
+                base_url=server.base_url,
+                name="rpm",
+                rpm=SERVER_RPM * UNDER,
+                timeout=5.0,
+            )
+        ],
+        strategy="priority",
+        deadline=60.0,
+    )
     prompts = [f"burst-{i:03d}" for i in range(60)]
     replies = router.batch(prompts, config={"max_concurrency": 8})
     for prompt, reply in zip(prompts, replies, strict=True):
         assert isinstance(reply, AIMessage) and reply.content.endswith(prompt)
     ok = _assert_server_invariants(server, len(prompts), budget_rpm=SERVER_RPM)
-    _report("rpm", server_limit=SERVER_RPM, router_limit=SERVER_RPM * UNDER,
-            achieved_rpm=round(_rate(ok), 1),
-            max_per_window=_max_in_window([(r.t_start, 1.0) for r in ok], WINDOW_S))
+    _report(
+        "rpm",
+        server_limit=SERVER_RPM,
+        router_limit=SERVER_RPM * UNDER,
+        achieved_rpm=round(_rate(ok), 1),
+        max_per_window=_max_in_window([(r.t_start, 1.0) for r in ok], WINDOW_S),
+    )
 
 
 def test_tpm_burst_zero_429_and_no_window_above_the_limit(fault_server_factory) -> None:
@@ -108,9 +122,19 @@ def test_tpm_burst_zero_429_and_no_window_above_the_limit(fault_server_factory) 
     # 20 prompt tokens (reported) + 30 completion tokens (the reply is cut to max_tokens)
     server.set_default(Fault.ok(" ".join(["tok"] * 100), prompt_tokens=20))
     router = ProviderRouter(
-        deployments=[Deployment(model="llamacpp/fake", base_url=server.base_url, name="tpm",
-                                tpm=SERVER_TPM * UNDER, timeout=5.0)],
-        strategy="priority", deadline=60.0, token_counter=lambda msgs: 20)
+        deployments=[
+            Deployment(
+                model="llamacpp/fake",
+                base_url=server.base_url,
+                name="tpm",
+                tpm=SERVER_TPM * UNDER,
+                timeout=5.0,
+            )
+        ],
+        strategy="priority",
+        deadline=60.0,
+        token_counter=lambda msgs: 20,
+    )
     prompts = [f"t{i:03d}" for i in range(60)]
     replies = router.batch(prompts, config={"max_concurrency": 8}, max_tokens=30)
     assert len(replies) == len(prompts)
@@ -126,9 +150,18 @@ async def test_queued_requests_plan_once_no_stampede(fault_server_factory) -> No
     server = fault_server_factory("queue")
     server.set_limits(rpm=1200, window_s=1.0)  # 20 per 1 s window
     router = ProviderRouter(
-        deployments=[Deployment(model="llamacpp/fake", base_url=server.base_url, name="q",
-                                rpm=1200 * UNDER, timeout=10.0)],
-        strategy="priority", deadline=60.0)
+        deployments=[
+            Deployment(
+                model="llamacpp/fake",
+                base_url=server.base_url,
+                name="q",
+                rpm=1200 * UNDER,
+                timeout=10.0,
+            )
+        ],
+        strategy="priority",
+        deadline=60.0,
+    )
     prompts = [f"p{i:03d}" for i in range(150)]
     replies = await asyncio.gather(*(router.ainvoke(p) for p in prompts))
     assert [r.content.split("] ")[1] for r in replies] == prompts
@@ -136,8 +169,12 @@ async def test_queued_requests_plan_once_no_stampede(fault_server_factory) -> No
     assert sum(r.status == 429 for r in recs) == 0
     assert _max_in_window([(r.t_start, 1.0) for r in recs], 1.0) <= 20
     passes = [r.response_metadata["router"]["passes"] for r in replies]
-    _report("queue", passes_mean=statistics.mean(passes), passes_max=max(passes),
-            achieved_rpm=round(_rate(recs), 1))
+    _report(
+        "queue",
+        passes_mean=statistics.mean(passes),
+        passes_max=max(passes),
+        achieved_rpm=round(_rate(recs), 1),
+    )
     assert max(passes) <= 2 and statistics.mean(passes) <= 1.2, sorted(passes)[-10:]
     queued = [r.response_metadata["router"]["queue"] for r in replies]
     assert {q["limited_by"] for q in queued if q["queued_s"] > 0} == {"rpm"}
@@ -154,9 +191,15 @@ async def test_tpm_reconciliation_moves_the_schedule(fault_server_factory) -> No
     server.set_default(Fault.ok(" ".join(["tok"] * 35), prompt_tokens=20))
     tpm = SERVER_TPM * UNDER
     router = ProviderRouter(
-        deployments=[Deployment(model="llamacpp/fake", base_url=server.base_url, name="t",
-                                tpm=tpm, timeout=10.0)],
-        strategy="priority", deadline=60.0, token_counter=lambda msgs: 20)
+        deployments=[
+            Deployment(
+                model="llamacpp/fake", base_url=server.base_url, name="t", tpm=tpm, timeout=10.0
+            )
+        ],
+        strategy="priority",
+        deadline=60.0,
+        token_counter=lambda msgs: 20,
+    )
     replies = await asyncio.gather(*(router.ainvoke(f"r{i}") for i in range(60)))
     assert len(replies) == 60
     ok = _assert_server_invariants(server, 60, budget_tpm=SERVER_TPM)
@@ -164,8 +207,13 @@ async def test_tpm_reconciliation_moves_the_schedule(fault_server_factory) -> No
     times = sorted(r.t_start for r in ok)
     median_gap = statistics.median(b - a for a, b in zip(times, times[1:], strict=False))
     reserved_gap = 276 * 60 / tpm  # 0.57 s: the pace of the reservation
-    _report("tpm 20 %", median_gap_s=round(median_gap, 3), reserved_gap_s=round(reserved_gap, 3),
-            real_gap_s=round(55 * 60 / tpm, 3), achieved_tpm=round(_rate(ok) * 55))
+    _report(
+        "tpm 20 %",
+        median_gap_s=round(median_gap, 3),
+        reserved_gap_s=round(reserved_gap, 3),
+        real_gap_s=round(55 * 60 / tpm, 3),
+        achieved_tpm=round(_rate(ok) * 55),
+    )
     assert median_gap < 0.5 * reserved_gap, (median_gap, reserved_gap)
 
 
@@ -175,9 +223,15 @@ async def test_router_wide_rpm_shared_quota_of_two_deployments(fault_server_fact
     server = fault_server_factory("shared", models=("fake-a", "fake-b"))
     server.set_limits(rpm=SERVER_RPM, window_s=WINDOW_S)  # one quota for the key
     router = ProviderRouter(
-        deployments=[Deployment(model=f"llamacpp/{m}", base_url=server.base_url, name=m,
-                                timeout=5.0) for m in ("fake-a", "fake-b")],
-        strategy="weighted", seed=7, deadline=60.0, rpm=SERVER_RPM * UNDER)
+        deployments=[
+            Deployment(model=f"llamacpp/{m}", base_url=server.base_url, name=m, timeout=5.0)
+            for m in ("fake-a", "fake-b")
+        ],
+        strategy="weighted",
+        seed=7,
+        deadline=60.0,
+        rpm=SERVER_RPM * UNDER,
+    )
     prompts = [f"w{i:02d}" for i in range(60)]
     replies = await router.abatch(prompts, config={"max_concurrency": 8})
     assert [r.content.split("] ")[1] for r in replies] == prompts
@@ -191,9 +245,18 @@ async def test_max_concurrency_queues_instead_of_failing(fault_server_factory) -
     server = fault_server_factory("c")
     server.set_default(Fault.ok(delay_s=0.3))
     router = ProviderRouter(
-        deployments=[Deployment(model="llamacpp/fake", base_url=server.base_url, name="c",
-                                max_concurrency=2, timeout=5.0)],
-        strategy="priority", deadline=60.0)
+        deployments=[
+            Deployment(
+                model="llamacpp/fake",
+                base_url=server.base_url,
+                name="c",
+                max_concurrency=2,
+                timeout=5.0,
+            )
+        ],
+        strategy="priority",
+        deadline=60.0,
+    )
     prompts = [f"c{i}" for i in range(8)]
     t0 = time.monotonic()
     replies = await asyncio.gather(*(router.ainvoke(p) for p in prompts))
@@ -219,12 +282,16 @@ def test_priority_spills_to_next_deployment_at_its_limit(fault_server_factory) -
     b.set_limits(rpm=600, window_s=WINDOW_S)
     router = ProviderRouter(
         deployments=[
-            Deployment(model="llamacpp/fake", base_url=a.base_url, name="a", rpm=120 * UNDER,
-                       timeout=5.0),
-            Deployment(model="llamacpp/fake", base_url=b.base_url, name="b", rpm=600 * UNDER,
-                       timeout=5.0),
+            Deployment(
+                model="llamacpp/fake", base_url=a.base_url, name="a", rpm=120 * UNDER, timeout=5.0
+            ),
+            Deployment(
+                model="llamacpp/fake", base_url=b.base_url, name="b", rpm=600 * UNDER, timeout=5.0
+            ),
         ],
-        strategy="priority", deadline=60.0)
+        strategy="priority",
+        deadline=60.0,
+    )
     prompts = [f"s{i:02d}" for i in range(30)]
     replies = router.batch(prompts, config={"max_concurrency": 6})
     assert [r.content.split("] ")[1] for r in replies] == prompts
@@ -241,9 +308,14 @@ def test_cold_router_paces_its_first_requests(fault_server_factory) -> None:
     server = fault_server_factory("cold")
     rpm = 300  # one request per 0.2 s
     router = ProviderRouter(
-        deployments=[Deployment(model="llamacpp/fake", base_url=server.base_url, name="cold",
-                                rpm=rpm, timeout=5.0)],
-        strategy="priority", deadline=60.0)
+        deployments=[
+            Deployment(
+                model="llamacpp/fake", base_url=server.base_url, name="cold", rpm=rpm, timeout=5.0
+            )
+        ],
+        strategy="priority",
+        deadline=60.0,
+    )
     router.batch([f"c{i}" for i in range(6)], config={"max_concurrency": 6})
     t = [r.t_start for r in server.chat_requests]
     gaps = [round(b - a, 3) for a, b in zip(t, t[1:], strict=False)]

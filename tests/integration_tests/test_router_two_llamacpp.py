@@ -28,7 +28,10 @@ MAX_TOKENS = 8
 def _deployment(server, name: str) -> Deployment:
     alias = getattr(server, "model_alias", None) or "local"
     return Deployment(
-        model=f"llamacpp/{alias}", base_url=server.base_url, name=name, timeout=60.0,
+        model=f"llamacpp/{alias}",
+        base_url=server.base_url,
+        name=name,
+        timeout=60.0,
         # one request at a time per deployment, so the batch spreads over both servers
         # and one is certainly busy when it is stopped
         max_concurrency=1,
@@ -52,7 +55,8 @@ def test_stopping_one_server_mid_batch_loses_no_request(local_server, local_serv
     doomed = local_server_factory(n_threads=1)  # 2 shared cores: do not oversubscribe
     router = ProviderRouter(
         deployments=[_deployment(doomed, "doomed"), _deployment(local_server, "survivor")],
-        strategy="least-busy", deadline=300.0,
+        strategy="least-busy",
+        deadline=300.0,
     )
     prompts = [f"Reply with the number {i} and nothing else." for i in range(N_REQUESTS)]
     stopped_at: dict[str, float] = {}
@@ -64,8 +68,9 @@ def test_stopping_one_server_mid_batch_loses_no_request(local_server, local_serv
         while not done.is_set():
             stats = router.stats()["doomed"]
             if stats["successes"] >= 1 and stats["in_flight"] >= 1:
-                stopped_at["answered"] = (_successes(router, "doomed")
-                                          + _successes(router, "survivor"))
+                stopped_at["answered"] = _successes(router, "doomed") + _successes(
+                    router, "survivor"
+                )
                 doomed.kill() if how == "kill" else doomed.stop()
                 stopped_at["t"] = time.monotonic()
                 return
@@ -97,7 +102,9 @@ def test_stopping_one_server_mid_batch_loses_no_request(local_server, local_serv
     doomed_stats = router.stats()["doomed"]
     if how == "kill":  # the request in flight at the crash failed there and was re-routed
         assert doomed_stats["failures"] >= 1, doomed_stats
-    print(f"\n[two llama.cpp, {how}] doomed served {served_doomed}, survivor {served_survivor}, "
-          f"stop at {stopped_at['t'] - t0:.1f} s of {t_end - t0:.1f} s after "
-          f"{stopped_at['answered']} answers; "
-          f"stats: {router.stats()}")
+    print(
+        f"\n[two llama.cpp, {how}] doomed served {served_doomed}, survivor {served_survivor}, "
+        f"stop at {stopped_at['t'] - t0:.1f} s of {t_end - t0:.1f} s after "
+        f"{stopped_at['answered']} answers; "
+        f"stats: {router.stats()}"
+    )

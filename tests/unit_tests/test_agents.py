@@ -188,8 +188,11 @@ async def test_run_with_a_function_serves_bare_and_slashed_names(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     client = ClientLog()
     steps = [
-        Propose(["qwen/qwen-2.5-72b-instruct", "meta-llama/llama-3.3-70b-instruct"], temp=0.7,
-                max_tokens=512),
+        Propose(
+            ["qwen/qwen-2.5-72b-instruct", "meta-llama/llama-3.3-70b-instruct"],
+            temp=0.7,
+            max_tokens=512,
+        ),
         Aggregate("qwen/qwen-2.5-72b-instruct"),
     ]
     text, history = await run(steps, "What is quantum computing?", client)

@@ -148,9 +148,7 @@ def test_agent_stream_mode_messages_shows_each_token_once():
     agents = pytest.importorskip("langchain.agents")
     model, _, _ = mixture()
     agent = agents.create_agent(model, tools=[get_weather])
-    pieces = list(
-        agent.stream({"messages": [("user", "weather?")]}, stream_mode="messages")
-    )
+    pieces = list(agent.stream({"messages": [("user", "weather?")]}, stream_mode="messages"))
     ai = [m for m, _ in pieces if isinstance(m, (AIMessage, AIMessageChunk))]
     final = [m for m in ai if "Answer:" in m.text]
     # the final answer's tokens, once: no inner (aggregator) copy, no whole-message repeat
@@ -164,8 +162,10 @@ def test_agent_stream_mode_messages_shows_each_token_once():
 
 
 def test_invoke_returns_the_aggregators_answer_with_summed_usage():
-    model = MoAChatModel(Propose([chat("a b", name="p1"), chat("c", name="p2")])
-                         | Aggregate(chat("final answer", name="agg")))
+    model = MoAChatModel(
+        Propose([chat("a b", name="p1"), chat("c", name="p2")])
+        | Aggregate(chat("final answer", name="agg"))
+    )
     reply = model.invoke("q")
     assert reply.text == "final answer"
     assert reply.usage_metadata == {"input_tokens": 30, "output_tokens": 5, "total_tokens": 35}
@@ -173,13 +173,16 @@ def test_invoke_returns_the_aggregators_answer_with_summed_usage():
 
 
 def test_usage_callback_counts_every_call_once():
-    model = MoAChatModel(Propose([chat("a b", name="p1"), chat("c", name="p2")])
-                         | Aggregate(chat("final answer", name="agg")))
+    model = MoAChatModel(
+        Propose([chat("a b", name="p1"), chat("c", name="p2")])
+        | Aggregate(chat("final answer", name="agg"))
+    )
     with get_usage_metadata_callback() as cb:
         reply = model.invoke("q")
     assert set(cb.usage_metadata) == {"p1", "p2", "agg"}
-    assert sum(u["total_tokens"] for u in cb.usage_metadata.values()) == (
-        reply.usage_metadata["total_tokens"]
+    assert (
+        sum(u["total_tokens"] for u in cb.usage_metadata.values())
+        == (reply.usage_metadata["total_tokens"])
     )
 
 
@@ -227,8 +230,10 @@ def test_an_aggregator_without_bind_tools_raises_naming_it():
     [
         ({"pipeline": Propose([chat("a")])}, "end with Aggregate or Vote"),
         ({"pipeline": "openai/gpt-4o"}, "Runnable"),
-        ({"pipeline": [Propose([chat("a")]), Aggregate(chat("b"))], "temperature": 3},
-         "temperature"),
+        (
+            {"pipeline": [Propose([chat("a")]), Aggregate(chat("b"))], "temperature": 3},
+            "temperature",
+        ),
         ({"pipeline": [Propose([chat("a")]), Aggregate(chat("b"))], "max_tokns": 3}, "max_tokns"),
     ],
 )
@@ -239,8 +244,12 @@ def test_bad_parameters_raise_configuration_error(kwargs, fragment):
 
 def test_standard_parameters_reach_the_aggregator_only():
     proposer, aggregator = chat("a"), chat("b")
-    model = MoAChatModel(Propose([proposer], temperature=0.7, max_tokens=50)
-                         | Aggregate(aggregator), temperature=0.1, max_tokens=9, stop=["END"])
+    model = MoAChatModel(
+        Propose([proposer], temperature=0.7, max_tokens=50) | Aggregate(aggregator),
+        temperature=0.1,
+        max_tokens=9,
+        stop=["END"],
+    )
     with collect_runs() as cb:
         model.invoke("q")
     assert aggregator.kwargs()["temperature"] == 0.1 and aggregator.kwargs()["max_tokens"] == 9
@@ -368,9 +377,11 @@ def test_langgraph_messages_mode_does_not_repeat_the_final_answer():
 
 
 def test_get_graph_shows_the_agents():
-    moa = Propose([chat("a", name="model-a"), chat("b", name="model-b")]) | Synthesize(
-        [chat("s", name="model-s")]
-    ) | Aggregate(chat("f", name="model-agg"))
+    moa = (
+        Propose([chat("a", name="model-a"), chat("b", name="model-b")])
+        | Synthesize([chat("s", name="model-s")])
+        | Aggregate(chat("f", name="model-agg"))
+    )
     names = {node.name for node in moa.get_graph().nodes.values()}
     assert {"model-a", "model-b", "model-s", "model-agg"} <= names
 
@@ -378,8 +389,9 @@ def test_get_graph_shows_the_agents():
 def test_tools_keep_the_aggregate_steps_settings():
     """``RunnableBinding.bind_tools`` would drop the step's bound temperature/max_tokens."""
     aggregator = ToolUser(model_name="agg")
-    model = MoAChatModel(Propose([chat("a")]) | Aggregate(aggregator, temperature=0.3,
-                                                          max_tokens=11))
+    model = MoAChatModel(
+        Propose([chat("a")]) | Aggregate(aggregator, temperature=0.3, max_tokens=11)
+    )
     reply = model.bind_tools([get_weather]).invoke("q")
     assert reply.tool_calls[0]["args"] == {"city": "Paris"}
     kwargs = aggregator.kwargs()

@@ -35,7 +35,7 @@ def _sse_events(text: str) -> list[dict | str]:
     events: list[dict | str] = []
     for line in text.splitlines():
         if line.startswith("data: "):
-            data = line[len("data: "):]
+            data = line[len("data: ") :]
             events.append(data if data == "[DONE]" else json.loads(data))
     return events
 
@@ -198,8 +198,9 @@ def test_stream_cut_before_first_token(fault_server: FaultServer, role_chunk: bo
     fault_server.script(Fault.stream_cut_before_first_token(role_chunk=role_chunk))
     received: list[str] = []
     with pytest.raises(httpx.RemoteProtocolError):  # incomplete chunked read
-        with httpx.stream("POST", f"{fault_server.base_url}/chat/completions",
-                          json=_chat(stream=True)) as r:
+        with httpx.stream(
+            "POST", f"{fault_server.base_url}/chat/completions", json=_chat(stream=True)
+        ) as r:
             assert r.status_code == 200
             for line in r.iter_lines():
                 received.append(line)
@@ -212,8 +213,9 @@ def test_stream_cut_after_first_token(fault_server: FaultServer) -> None:
     fault_server.script(Fault.stream_cut_after_first_token("Partial"))
     received: list[str] = []
     with pytest.raises(httpx.RemoteProtocolError):
-        with httpx.stream("POST", f"{fault_server.base_url}/chat/completions",
-                          json=_chat(stream=True)) as r:
+        with httpx.stream(
+            "POST", f"{fault_server.base_url}/chat/completions", json=_chat(stream=True)
+        ) as r:
             for line in r.iter_lines():
                 received.append(line)
     contents = [e["choices"][0]["delta"].get("content") for e in _sse_events("\n".join(received))]

@@ -112,8 +112,9 @@ def test_to_json_round_trips():
 
 def test_failed_layer_is_recorded_with_its_error_and_calls():
     history = MoAHistoryHandler()
-    moa = Propose([chat("ok")]) | Synthesize([chat(RuntimeError("s1 down"), name="s1"),
-                                              chat("", name="s2")])
+    moa = Propose([chat("ok")]) | Synthesize(
+        [chat(RuntimeError("s1 down"), name="s1"), chat("", name="s2")]
+    )
     with pytest.raises(LayerFailedError):
         moa.invoke("q", config={"callbacks": [history]})
     propose, synth = history.steps
@@ -190,13 +191,18 @@ def test_custom_events_reach_any_callback_handler_live():
 
     progress = Progress()
     Propose([chat("a"), chat("b")]).invoke("q", config={"callbacks": [progress]})
-    assert progress.seen == [("moa_call", "Propose"), ("moa_call", "Propose"),
-                             ("moa_step", "Propose")]
+    assert progress.seen == [
+        ("moa_call", "Propose"),
+        ("moa_call", "Propose"),
+        ("moa_step", "Propose"),
+    ]
 
 
 async def test_run_returns_text_and_history():
-    moa_steps = [Propose([chat("p1", name="p1"), chat("p2", name="p2")]),
-                 Aggregate(chat("answer", name="agg"))]
+    moa_steps = [
+        Propose([chat("p1", name="p1"), chat("p2", name="p2")]),
+        Aggregate(chat("answer", name="agg")),
+    ]
     text, history = await run(moa_steps, "What?")
     assert text == "answer"
     assert isinstance(history, list) and all(isinstance(s, dict) for s in history)
@@ -213,8 +219,9 @@ async def test_run_with_a_non_final_pipeline_returns_the_first_candidate():
 
 async def test_run_keeps_the_callers_callbacks():
     mine = MoAHistoryHandler()
-    text, history = await run([Propose([chat("p")]), Aggregate(chat("a"))], "q",
-                              config={"callbacks": [mine]})
+    text, history = await run(
+        [Propose([chat("p")]), Aggregate(chat("a"))], "q", config={"callbacks": [mine]}
+    )
     assert text == "a"
     assert mine.to_list() == history
 
@@ -226,8 +233,9 @@ async def test_run_raises_the_pipelines_error():
 
 def test_batch_steps_carry_distinct_run_ids():
     history = MoAHistoryHandler()
-    (Propose([chat("p")]) | Aggregate(chat("a"))).batch(["q1", "q2"],
-                                                         config={"callbacks": [history]})
+    (Propose([chat("p")]) | Aggregate(chat("a"))).batch(
+        ["q1", "q2"], config={"callbacks": [history]}
+    )
     assert len(history.steps) == 4
     assert len({s.run_id for s in history.steps}) == 4
 

@@ -91,9 +91,7 @@ def test_aggregate_prompt_is_a_new_system_message_before_the_users_turns():
 
 
 def test_prompt_template_input_keeps_its_system_message():
-    prompt = ChatPromptTemplate.from_messages(
-        [("system", "Answer in {lang}."), ("human", "{q}")]
-    )
+    prompt = ChatPromptTemplate.from_messages([("system", "Answer in {lang}."), ("human", "{q}")])
     moa, props, agg = moa_with()
     out = (prompt | moa | StrOutputParser()).invoke({"lang": "French", "q": "2+2?"})
     assert out == "It is 12."
@@ -146,7 +144,10 @@ def test_non_final_pipeline_returns_state_with_provenance():
         call = state.calls[cand.call_index]
         assert call.output == cand.text
         assert (call.model, call.layer, call.step, call.agent_index) == (
-            cand.model, cand.layer, cand.step, cand.agent_index
+            cand.model,
+            cand.layer,
+            cand.step,
+            cand.agent_index,
         )
         assert (call.input_tokens, call.output_tokens) == (cand.input_tokens, cand.output_tokens)
         assert cand.latency_s == call.latency_s > 0
@@ -182,8 +183,9 @@ def test_cost_of_a_known_model_from_the_price_table():
 def test_cost_falls_back_to_the_agent_name_when_the_reported_model_is_unpriced():
     """OpenAI reports dated ids (gpt-4o-mini-2024-07-18) that the table does not list."""
     price_in, price_out = PRICES["openai/gpt-4o-mini"]
-    agent = chat("x", name="openai/gpt-4o-mini", response_model="gpt-4o-mini-2024-07-18",
-                 input_tokens=1000)
+    agent = chat(
+        "x", name="openai/gpt-4o-mini", response_model="gpt-4o-mini-2024-07-18", input_tokens=1000
+    )
     state = Propose([agent]).invoke("q")
     assert state.calls[0].response_model == "gpt-4o-mini-2024-07-18"
     assert state.calls[0].cost_usd == pytest.approx((1000 * price_in + price_out) / 1_000_000)
@@ -195,8 +197,9 @@ def test_unknown_model_has_no_cost():
 
 
 def test_failed_calls_carry_no_output_and_no_cost():
-    state = Propose([chat("ok", name="x"), chat(RuntimeError("e"), name="x")],
-                    prices={"x": (1.0, 1.0)}).invoke("q")
+    state = Propose(
+        [chat("ok", name="x"), chat(RuntimeError("e"), name="x")], prices={"x": (1.0, 1.0)}
+    ).invoke("q")
     failed = state.errors[0]
     assert failed.output is None and failed.cost_usd is None and failed.error
     assert state.calls[0].cost_usd is not None
@@ -241,8 +244,11 @@ def test_langchain_fake_models_with_usage_as_agents():
     def reply(text, n_in, n_out):
         return AIMessage(
             content=text,
-            usage_metadata={"input_tokens": n_in, "output_tokens": n_out,
-                            "total_tokens": n_in + n_out},
+            usage_metadata={
+                "input_tokens": n_in,
+                "output_tokens": n_out,
+                "total_tokens": n_in + n_out,
+            },
         )
 
     proposer = FakeMessagesListChatModel(responses=[reply("p", 3, 1)])

@@ -45,7 +45,10 @@ def test_moa_lite_is_two_layers_and_seven_calls():
     out, history = run_with_history(moa_lite(proposers, agg))
     assert [s.step for s in history.steps] == ["Propose", "Aggregate"]
     assert out.response_metadata["moa"] == {
-        "layers": 2, "calls": 7, "failed_calls": 0, "cost_usd": None,
+        "layers": 2,
+        "calls": 7,
+        "failed_calls": 0,
+        "cost_usd": None,
     }
     assert [len(p.calls) for p in proposers] == [1] * 6
 
@@ -86,8 +89,9 @@ def test_robust_moa_shuffles_and_drops_then_aggregates():
     assert history.steps[2].params == {"rate": 0.5, "seed": 3}
     # the seed makes the whole run reproducible
     _, again = run_with_history(
-        robust_moa([chat(f"answer {i}", name=f"p{i}") for i in range(4)], chat("f"), dropout=0.5,
-                   seed=3)
+        robust_moa(
+            [chat(f"answer {i}", name=f"p{i}") for i in range(4)], chat("f"), dropout=0.5, seed=3
+        )
     )
     assert again.steps[2].outputs == kept
 
@@ -101,8 +105,9 @@ def test_robust_moa_rejects_empty_proposers_and_bad_dropout():
 
 def test_presets_pass_temperature_and_separate_token_budgets():
     proposers, agg = six(), chat("f")
-    together_moa(proposers, agg, temperature=0.2, reference_max_tokens=512,
-                 aggregator_max_tokens=1024).invoke("q")
+    together_moa(
+        proposers, agg, temperature=0.2, reference_max_tokens=512, aggregator_max_tokens=1024
+    ).invoke("q")
     assert proposers[0].kwargs(0) == {"temperature": 0.2, "max_tokens": 512}
     assert proposers[0].kwargs(1) == {"temperature": 0.2, "max_tokens": 512}
     assert agg.kwargs() == {"temperature": 0.2, "max_tokens": 1024}

@@ -93,12 +93,18 @@ def test_bare_names_are_inferred_as_init_chat_model_does(name: str):
         ("google-genai:gemini-2.0-flash", "google_genai", "gemini-2.0-flash"),
         ("azure_openai:gpt-4o", "azure_openai", "gpt-4o"),
         ("bedrock:anthropic.claude-3-haiku", "bedrock", "anthropic.claude-3-haiku"),
-        ("anthropic.claude-3-haiku-20240307-v1:0", "bedrock",
-         "anthropic.claude-3-haiku-20240307-v1:0"),
+        (
+            "anthropic.claude-3-haiku-20240307-v1:0",
+            "bedrock",
+            "anthropic.claude-3-haiku-20240307-v1:0",
+        ),
         ("accounts/fireworks/models/x", "fireworks", "accounts/fireworks/models/x"),
         ("ollama:llama3.2:1b", "ollama", "llama3.2:1b"),
-        ("openrouter/meta-llama/llama-3.3-70b-instruct", "openrouter",
-         "meta-llama/llama-3.3-70b-instruct"),
+        (
+            "openrouter/meta-llama/llama-3.3-70b-instruct",
+            "openrouter",
+            "meta-llama/llama-3.3-70b-instruct",
+        ),
         ("local/qwen2.5-coder-0.5b", "local", "qwen2.5-coder-0.5b"),
     ],
 )
@@ -195,8 +201,10 @@ def test_agent_strings_use_the_same_choice(monkeypatch):
 
 
 def test_package_only_provider_without_its_package_names_the_pip_command():
-    for provider, pip_name in (("bedrock", "langchain-aws"),
-                               ("google_vertexai", "langchain-google-vertexai")):
+    for provider, pip_name in (
+        ("bedrock", "langchain-aws"),
+        ("google_vertexai", "langchain-google-vertexai"),
+    ):
         if _installed(provider):
             continue
         with pytest.raises(ConfigurationError, match=f"pip install {pip_name}"):

@@ -77,8 +77,11 @@ def test_child_runs_are_named_and_tagged_when_streaming():
 
 
 def test_judges_are_traced_with_their_step_names():
-    moa = Propose([chat("a"), chat("b")]) | Rank(chat('{"ranking": [2, 1]}', name="j"), n=1) \
+    moa = (
+        Propose([chat("a"), chat("b")])
+        | Rank(chat('{"ranking": [2, 1]}', name="j"), n=1)
         | Vote(chat('{"choice": 1}', name="v"))
+    )
     with collect_runs() as cb:
         assert moa.invoke("q").content == "b"
     [root] = cb.traced_runs
@@ -125,9 +128,7 @@ def test_langgraph_multi_turn_state_reaches_the_pipeline():
     app = graph_with(moa)
     state = app.invoke({"messages": [HumanMessage("first")]})
     state = app.invoke({"messages": [*state["messages"], HumanMessage("second")]})
-    assert [m.content for m in props[0].received()] == [
-        "first", "second answer", "second"
-    ]
+    assert [m.content for m in props[0].received()] == ["first", "second answer", "second"]
 
 
 def test_langgraph_stream_messages_keeps_only_the_aggregators_tokens():
@@ -135,9 +136,7 @@ def test_langgraph_stream_messages_keeps_only_the_aggregators_tokens():
     moa = Propose(props) | Aggregate(chat("the aggregated final answer", name="agg"))
     app = graph_with(moa)
     everything = list(app.stream({"messages": [HumanMessage("hi")]}, stream_mode="messages"))
-    agg_tokens = [
-        chunk for chunk, meta in everything if meta.get("moa_step") == "Aggregate"
-    ]
+    agg_tokens = [chunk for chunk, meta in everything if meta.get("moa_step") == "Aggregate"]
     assert len(agg_tokens) >= 5  # token by token
     assert all(isinstance(c, AIMessageChunk) for c in agg_tokens)
     assert "".join(c.text for c in agg_tokens) == "the aggregated final answer"

@@ -123,8 +123,10 @@ def test_n_below_one_or_not_int_raises_naming_n(step, n):
         step(n)
 
 
-@pytest.mark.parametrize("step", [lambda: Shuffle(seed="x"), lambda: Dropout(0.1, seed=1.5),
-                                  lambda: Sample(2, seed=True)])
+@pytest.mark.parametrize(
+    "step",
+    [lambda: Shuffle(seed="x"), lambda: Dropout(0.1, seed=1.5), lambda: Sample(2, seed=True)],
+)
 def test_bad_seed_raises_naming_seed(step):
     with pytest.raises(ConfigurationError, match="seed"):
         step()

@@ -66,10 +66,11 @@ from langchain_moa import (  # noqa: E402
     Propose,
     Synthesize,
 )
+from langchain_moa.steps._threads import POOL_SIZE  # noqa: E402
 
 DELAY = 0.1
 AGENTS = "client"
-SYNC_POOL = ContextThreadPoolExecutor(max_workers=64)
+SYNC_POOL = ContextThreadPoolExecutor(max_workers=POOL_SIZE)
 """The sync floor's threads: as many as langchain-moa's default bound of a sync fan-out."""
 GC_STATS = False
 
